@@ -1,0 +1,89 @@
+// Package client is the Go client of latchkey: a sharded key-value store
+// and lock service on NATS. It speaks protobuf over NATS request-reply to
+// the router and locker services (docs/API.md).
+//
+// Every call takes a context; its deadline is also sent to the service so
+// that work nobody waits for is abandoned. Failures are *Error values that
+// match the sentinel errors below with errors.Is.
+package client
+
+import (
+	"context"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+)
+
+// Sentinel errors, one per API status code. Compare with errors.Is.
+var (
+	// ErrInvalid: the request broke a rule of the API (400).
+	ErrInvalid = apierr.ErrInvalid
+	// ErrNotFound: the key is absent (returned by Get) (404).
+	ErrNotFound = apierr.ErrNotFound
+	// ErrConflict: revision mismatch, stale fence, lock held or lost (409).
+	ErrConflict = apierr.ErrConflict
+	// ErrTooLarge: a key, value, name or owner exceeds its limit (413).
+	ErrTooLarge = apierr.ErrTooLarge
+	// ErrUnavailable: a shard or NATS is down or overloaded; retry (503).
+	ErrUnavailable = apierr.ErrUnavailable
+	// ErrInternal: a server-side bug (500).
+	ErrInternal = apierr.ErrInternal
+)
+
+// Error is the error type of every failed call. Reason is a stable
+// machine-readable word ("revision_mismatch", "stale_fence", "lock_held",
+// ...); Message says what went wrong.
+type Error = apierr.Error
+
+// Reason returns the machine-readable reason of err, or "" if err did not
+// come from a latchkey service.
+func Reason(err error) string {
+	if e, ok := err.(*Error); ok {
+		return e.Reason
+	}
+	return ""
+}
+
+// Client talks to one latchkey deployment over an existing NATS connection.
+// It is safe for concurrent use.
+type Client struct {
+	nc      *nats.Conn
+	subj    subjects.Set
+	timeout time.Duration
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithPrefix sets the deployment's subject prefix (default "latchkey").
+func WithPrefix(prefix string) Option { return func(c *Client) { c.subj = subjects.New(prefix) } }
+
+// WithTimeout bounds calls whose context has no deadline (default 5s).
+func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
+
+// New returns a client using nc. The caller keeps ownership of nc.
+func New(nc *nats.Conn, opts ...Option) *Client {
+	c := &Client{nc: nc, subj: subjects.New(""), timeout: 5 * time.Second}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Conn returns the NATS connection the client uses.
+func (c *Client) Conn() *nats.Conn { return c.nc }
+
+// call sends req to a public endpoint (e.g. subjects.KVGet) and decodes the
+// reply into resp.
+func (c *Client) call(ctx context.Context, endpoint string, req, resp proto.Message) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	return service.Call(ctx, c.nc, c.subj.Public(endpoint), nil, req, resp)
+}

@@ -1,0 +1,215 @@
+// Package natstest starts real NATS servers with JetStream inside a test
+// process: one server, or a three-node cluster whose nodes can be shut down
+// and restarted to inject faults. It is also what `latchkey dev` embeds.
+package natstest
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Options configures an embedded server.
+type Options struct {
+	Host     string // default 127.0.0.1
+	Port     int    // 0 picks a free port
+	StoreDir string // JetStream data; required
+	Name     string
+	// SyncAlways fsyncs every write: nothing acknowledged is lost on a crash.
+	SyncAlways bool
+}
+
+// Start runs one JetStream-enabled server and waits until it accepts clients.
+func Start(o Options) (*server.Server, error) {
+	so := serverOptions(o)
+	return run(so)
+}
+
+func serverOptions(o Options) *server.Options {
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	port := o.Port
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	so := &server.Options{
+		ServerName: o.Name,
+		Host:       o.Host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   o.StoreDir,
+		NoSigs:     true,
+		MaxPayload: 1 << 20,
+	}
+	if o.SyncAlways {
+		so.SyncAlways = true
+	}
+	return so
+}
+
+func run(so *server.Options) (*server.Server, error) {
+	s, err := server.NewServer(so)
+	if err != nil {
+		return nil, err
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("nats server %s not ready in 15s", so.ServerName)
+	}
+	return s, nil
+}
+
+// Server starts a single server for a test and stops it at cleanup.
+func Server(t testing.TB) *server.Server {
+	t.Helper()
+	s, err := Start(Options{StoreDir: t.TempDir(), Name: "solo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Connect opens a client connection that a test closes at cleanup.
+func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Cluster is a three-node JetStream cluster on loopback.
+type Cluster struct {
+	Nodes []*server.Server
+	opts  []*server.Options
+}
+
+// StartCluster starts n clustered servers whose data lives under dir.
+func StartCluster(n int, dir string) (*Cluster, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ports[i] = p
+	}
+	routes := make([]string, n)
+	for i, p := range ports {
+		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", p)
+	}
+	c := &Cluster{}
+	for i := 0; i < n; i++ {
+		so := serverOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i)})
+		so.Cluster = server.ClusterOpts{Name: "latchkey", Host: "127.0.0.1", Port: ports[i]}
+		so.Routes = server.RoutesFromStr(strings.Join(routes, ","))
+		c.opts = append(c.opts, so)
+	}
+	for _, so := range c.opts {
+		s, err := server.NewServer(so)
+		if err != nil {
+			c.Shutdown()
+			return nil, err
+		}
+		go s.Start()
+		c.Nodes = append(c.Nodes, s)
+	}
+	for _, s := range c.Nodes {
+		if !s.ReadyForConnections(15 * time.Second) {
+			c.Shutdown()
+			return nil, fmt.Errorf("cluster node %s not ready", s.Name())
+		}
+	}
+	return c, c.waitJetStream(30 * time.Second)
+}
+
+// NewCluster starts a three-node cluster for a test.
+func NewCluster(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := StartCluster(3, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Shutdown)
+	return c
+}
+
+func (c *Cluster) waitJetStream(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		for _, s := range c.Nodes {
+			if s.Running() && s.JetStreamIsLeader() {
+				return nil
+			}
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	return fmt.Errorf("no JetStream meta leader after %s", d)
+}
+
+// URLs returns a comma-separated client URL list of the running nodes.
+func (c *Cluster) URLs() string {
+	var urls []string
+	for _, s := range c.Nodes {
+		if s.Running() {
+			urls = append(urls, s.ClientURL())
+		}
+	}
+	return strings.Join(urls, ",")
+}
+
+// Kill shuts node i down (its data stays on disk).
+func (c *Cluster) Kill(i int) {
+	c.Nodes[i].Shutdown()
+	c.Nodes[i].WaitForShutdown()
+}
+
+// Restart starts node i again on the same ports and data.
+func (c *Cluster) Restart(i int) error {
+	so := c.opts[i].Clone()
+	so.Port = c.Nodes[i].Addr().(*net.TCPAddr).Port
+	s, err := run(so)
+	if err != nil {
+		return err
+	}
+	c.Nodes[i] = s
+	return nil
+}
+
+// StreamLeader returns the index of the node leading stream in the global
+// account, or -1.
+func (c *Cluster) StreamLeader(stream string) int {
+	for i, s := range c.Nodes {
+		if s.Running() && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Shutdown stops every node.
+func (c *Cluster) Shutdown() {
+	for _, s := range c.Nodes {
+		s.Shutdown()
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
