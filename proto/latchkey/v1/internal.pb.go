@@ -131,6 +131,9 @@ type LockRecord struct {
 	TtlMs int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
 	// Wall-clock expiry in Unix milliseconds, for lock.get's ttl_remaining_ms.
 	ExpiresUnixMs int64 `protobuf:"varint,3,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	// The fencing token of the lease: the stream sequence of the acquiring
+	// write. Renewals rewrite the record but keep the token.
+	Token         uint64 `protobuf:"varint,4,opt,name=token,proto3" json:"token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +189,13 @@ func (x *LockRecord) GetExpiresUnixMs() int64 {
 	return 0
 }
 
+func (x *LockRecord) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
 var File_latchkey_v1_internal_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_internal_proto_rawDesc = "" +
@@ -198,12 +208,13 @@ const file_latchkey_v1_internal_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2!.latchkey.v1.FenceSet.TokensEntryR\x06tokens\x1a9\n" +
 	"\vTokensEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"a\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"w\n" +
 	"\n" +
 	"LockRecord\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12&\n" +
-	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMsB;Z9github.com/latchkey/latchkey/proto/latchkey/v1;latchkeyv1b\x06proto3"
+	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\x12\x14\n" +
+	"\x05token\x18\x04 \x01(\x04R\x05tokenB;Z9github.com/latchkey/latchkey/proto/latchkey/v1;latchkeyv1b\x06proto3"
 
 var (
 	file_latchkey_v1_internal_proto_rawDescOnce sync.Once

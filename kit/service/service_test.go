@@ -1,0 +1,185 @@
+package service_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/service"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+)
+
+// echo answers a GetRequest with its key, or fails the way the key says.
+func echo(ctx context.Context, r *service.Request) (proto.Message, error) {
+	in := &pb.GetRequest{}
+	if err := r.Decode(in); err != nil {
+		return nil, err
+	}
+	switch in.Key {
+	case "conflict":
+		return nil, apierr.Conflict("revision_mismatch", "revision is 3, not 2")
+	case "panic-free-bug":
+		return nil, errors.New("boom")
+	case "slow":
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &pb.GetResponse{Found: true, Key: in.Key}, nil
+}
+
+func start(t *testing.T, cfg service.Config) *nats.Conn {
+	t.Helper()
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	cfg.Name, cfg.Version = "latchkey-test", "0.0.1"
+	svc, err := service.Start(nc, cfg, service.Endpoint{Name: "echo", Subject: "t.echo", Func: echo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	return nc
+}
+
+func TestRepliesInTheRequestsCodec(t *testing.T) {
+	nc := start(t, service.Config{})
+	cases := []struct {
+		name, body, wantCode, wantBody string
+	}{
+		{"json ok", `{"key":"a"}`, "", `{"found":true,"key":"a"}`},
+		{"json conflict", `{"key":"conflict"}`, "409", `{"code":409,"reason":"revision_mismatch","message":"revision is 3, not 2"}`},
+		{"json internal", `{"key":"panic-free-bug"}`, "500", `{"code":500,"reason":"internal","message":"boom"}`},
+		{"json malformed", `{"key":`, "400", ""},
+	}
+	for _, c := range cases {
+		m, err := nc.Request("t.echo", []byte(c.body), 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := m.Header.Get(apierr.HeaderCode); got != c.wantCode {
+			t.Errorf("%s: code %q, want %q", c.name, got, c.wantCode)
+		}
+		if c.wantBody != "" && !sameJSON(t, m.Data, c.wantBody) {
+			t.Errorf("%s: body %s, want %s", c.name, m.Data, c.wantBody)
+		}
+		if m.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: JSON request answered without a JSON content type", c.name)
+		}
+	}
+}
+
+// sameJSON compares as values: protojson varies its whitespace on purpose.
+func sameJSON(t *testing.T, got []byte, want string) bool {
+	var a, b any
+	if err := json.Unmarshal(got, &a); err != nil {
+		t.Fatalf("reply is not JSON: %s", got)
+	}
+	if err := json.Unmarshal([]byte(want), &b); err != nil {
+		t.Fatal(err)
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+func TestProtobufCallMapsErrors(t *testing.T) {
+	nc := start(t, service.Config{})
+	ctx := context.Background()
+	resp := &pb.GetResponse{}
+	if err := service.Call(ctx, nc, "t.echo", nil, &pb.GetRequest{Key: "k"}, resp); err != nil || resp.Key != "k" {
+		t.Fatalf("ok call: %v %v", resp, err)
+	}
+	err := service.Call(ctx, nc, "t.echo", nil, &pb.GetRequest{Key: "conflict"}, resp)
+	var e *apierr.Error
+	if !errors.As(err, &e) || !errors.Is(err, apierr.ErrConflict) || e.Reason != "revision_mismatch" {
+		t.Fatalf("conflict: %v", err)
+	}
+	if err := service.Call(ctx, nc, "t.nobody", nil, &pb.GetRequest{Key: "k"}, resp); !errors.Is(err, apierr.ErrUnavailable) {
+		t.Fatalf("no responders: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestCallerDeadlineTravels(t *testing.T) {
+	nc := start(t, service.Config{Timeout: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	// The service gives up when the caller's deadline passes, so the slot
+	// is freed; the caller sees a 503 either way.
+	err := service.Call(ctx, nc, "t.echo", nil, &pb.GetRequest{Key: "slow"}, &pb.GetResponse{})
+	if !errors.Is(err, apierr.ErrUnavailable) {
+		t.Fatalf("slow call: %v, want ErrUnavailable", err)
+	}
+}
+
+func TestOverloadAnswers503(t *testing.T) {
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	entered, release := make(chan struct{}, 2), make(chan struct{})
+	svc, err := service.Start(nc, service.Config{Name: "latchkey-test", Version: "0.0.1", MaxInFlight: 2},
+		service.Endpoint{Name: "gate", Subject: "t.gate", Func: func(ctx context.Context, r *service.Request) (proto.Message, error) {
+			entered <- struct{}{}
+			<-release
+			return &pb.GetResponse{}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = svc.Stop(context.Background()) }()
+	replies := make(chan *nats.Msg, 2)
+	for i := 0; i < 2; i++ { // occupy both slots
+		go func() {
+			m, _ := nc.Request("t.gate", nil, 5*time.Second)
+			replies <- m
+		}()
+	}
+	<-entered
+	<-entered
+	m, err := nc.Request("t.gate", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(apierr.HeaderCode); got != "503" {
+		t.Fatalf("third request on a full service: code %q, want 503", got)
+	}
+	close(release)
+	for i := 0; i < 2; i++ {
+		if m := <-replies; m == nil || m.Header.Get(apierr.HeaderCode) != "" {
+			t.Fatalf("admitted request not answered cleanly: %v", m)
+		}
+	}
+}
+
+func TestStopAnswersInFlight(t *testing.T) {
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	release := make(chan struct{})
+	svc, err := service.Start(nc, service.Config{Name: "latchkey-test", Version: "0.0.1"}, service.Endpoint{
+		Name: "wait", Subject: "t.wait",
+		Func: func(ctx context.Context, r *service.Request) (proto.Message, error) {
+			<-release
+			return &pb.GetResponse{Found: true}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		err := service.Call(context.Background(), nc, "t.wait", nil, &pb.GetRequest{Key: "k"}, &pb.GetResponse{})
+		got <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the request arrive
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(context.Background()) }()
+	close(release)
+	if err := <-got; err != nil {
+		t.Fatalf("in-flight request lost at stop: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+}
