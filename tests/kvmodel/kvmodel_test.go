@@ -1,0 +1,81 @@
+package kvmodel_test
+
+import (
+	"testing"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/latchkey/latchkey/tests/kvmodel"
+)
+
+type op struct {
+	client    int
+	call, ret int64
+	in        kvmodel.Input
+	out       kvmodel.Output
+}
+
+func history(ops []op) []porcupine.Operation {
+	h := make([]porcupine.Operation, len(ops))
+	for i, o := range ops {
+		h[i] = porcupine.Operation{ClientId: o.client, Call: o.call, Return: o.ret, Input: o.in, Output: o.out}
+	}
+	return h
+}
+
+// The model must accept real behaviour and reject the anomalies a broken
+// store would show; otherwise a green linearizability test means nothing.
+func TestModelAcceptsAndRejects(t *testing.T) {
+	put := func(v string) kvmodel.Input { return kvmodel.Input{Op: kvmodel.Put, Key: "k", Value: v} }
+	get := kvmodel.Input{Op: kvmodel.Get, Key: "k"}
+	cas := func(v string, e uint64) kvmodel.Input {
+		return kvmodel.Input{Op: kvmodel.CAS, Key: "k", Value: v, Expected: e}
+	}
+	cases := []struct {
+		name string
+		ops  []op
+		want bool
+	}{
+		{"read after write", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{1, 2, 3, get, kvmodel.Output{Found: true, Value: "a", Rev: 5}},
+		}, true},
+		{"stale read after acknowledged write", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{0, 2, 3, put("b"), kvmodel.Output{Rev: 6}},
+			{1, 4, 5, get, kvmodel.Output{Found: true, Value: "a", Rev: 5}},
+		}, false},
+		{"concurrent read may see either", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{0, 2, 6, put("b"), kvmodel.Output{Rev: 6}},
+			{1, 3, 4, get, kvmodel.Output{Found: true, Value: "a", Rev: 5}},
+		}, true},
+		{"two CAS on one revision both win", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{1, 2, 4, cas("b", 5), kvmodel.Output{Rev: 6}},
+			{2, 2, 4, cas("c", 5), kvmodel.Output{Rev: 7}},
+		}, false},
+		{"CAS conflict while the revision matched", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{1, 2, 3, cas("b", 5), kvmodel.Output{Conflict: true}},
+		}, false},
+		{"unknown write may surface later", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Unknown: true}},
+			{1, 2, 3, get, kvmodel.Output{Found: true, Value: "a", Rev: 9}},
+			{1, 4, 5, cas("b", 9), kvmodel.Output{Rev: 10}},
+		}, true},
+		{"read of a deleted key", []op{
+			{0, 0, 1, put("a"), kvmodel.Output{Rev: 5}},
+			{0, 2, 3, kvmodel.Input{Op: kvmodel.Del, Key: "k"}, kvmodel.Output{Found: true}},
+			{1, 4, 5, get, kvmodel.Output{Found: true, Value: "a", Rev: 5}},
+		}, false},
+		{"create if absent twice", []op{
+			{0, 0, 1, cas("a", 0), kvmodel.Output{Rev: 3}},
+			{1, 2, 3, cas("b", 0), kvmodel.Output{Rev: 4}},
+		}, false},
+	}
+	for _, c := range cases {
+		if got := porcupine.CheckOperations(kvmodel.Model(), history(c.ops)); got != c.want {
+			t.Errorf("%s: linearizable = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
