@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -27,11 +29,27 @@ func Call(ctx context.Context, nc *nats.Conn, subject string, hdr nats.Header, r
 	if dl, ok := ctx.Deadline(); ok {
 		hdr.Set(HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
 	}
+	ctx, span := telemetry.StartClient(ctx, subject, operation(subject), hdr)
 	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: data})
 	if err != nil {
-		return TransportError(subject, err)
+		err = TransportError(subject, err)
+	} else {
+		err = DecodeReply(reply, resp)
 	}
-	return DecodeReply(reply, resp)
+	code := 200
+	if err != nil {
+		code = apierr.From(err).Code()
+	}
+	telemetry.End(span, code, err)
+	return err
+}
+
+// operation is the last token of a subject ("get" of latchkey.kv.get).
+func operation(subject string) string {
+	if i := strings.LastIndexByte(subject, '.'); i >= 0 {
+		return subject[i+1:]
+	}
+	return subject
 }
 
 // TransportError classifies a failed NATS request.

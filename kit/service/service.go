@@ -22,9 +22,12 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/codec"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -70,7 +73,8 @@ type Config struct {
 	// Timeout is the deadline of a request that does not carry its own
 	// (HeaderTimeout). Default 5s.
 	Timeout time.Duration
-	// Observe, if set, is called after every reply (for metrics).
+	// Observe, if set, is called after every reply, in addition to the
+	// RED metrics every service records in telemetry.Registry.
 	Observe func(endpoint string, code int, elapsed time.Duration)
 }
 
@@ -82,6 +86,7 @@ type Service struct {
 	slots    chan struct{}
 	inflight sync.WaitGroup
 	stats    sync.Map // endpoint name -> *endpointStats
+	gauge    prometheus.Gauge
 	ctx      context.Context
 	cancel   context.CancelFunc
 }
@@ -103,7 +108,7 @@ func Start(nc *nats.Conn, cfg Config, endpoints ...Endpoint) (*Service, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	s := &Service{cfg: cfg, nc: nc, slots: make(chan struct{}, cfg.MaxInFlight)}
+	s := &Service{cfg: cfg, nc: nc, slots: make(chan struct{}, cfg.MaxInFlight), gauge: telemetry.InFlight(cfg.Name)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:         cfg.Name,
@@ -150,18 +155,21 @@ func (s *Service) dispatch(ep Endpoint, st *endpointStats, r micro.Request) {
 	select {
 	case s.slots <- struct{}{}:
 	default:
+		_, span := telemetry.StartServer(s.ctx, msg, ep.Name)
 		s.reply(ep, st, req, time.Now(), nil, apierr.Unavailable("overloaded",
-			"%s has %d requests in flight; retry", s.cfg.Name, s.cfg.MaxInFlight))
+			"%s has %d requests in flight; retry", s.cfg.Name, s.cfg.MaxInFlight), span)
 		return
 	}
 	s.inflight.Add(1)
+	s.gauge.Inc()
 	go func() {
-		defer func() { <-s.slots; s.inflight.Done() }()
+		defer func() { <-s.slots; s.gauge.Dec(); s.inflight.Done() }()
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(s.ctx, s.timeout(msg.Header))
 		defer cancel()
+		ctx, span := telemetry.StartServer(ctx, msg, ep.Name)
 		resp, err := ep.Func(ctx, req)
-		s.reply(ep, st, req, start, resp, err)
+		s.reply(ep, st, req, start, resp, err, span)
 	}()
 }
 
@@ -176,7 +184,7 @@ func (s *Service) timeout(h nats.Header) time.Duration {
 	return s.cfg.Timeout
 }
 
-func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time.Time, resp proto.Message, err error) {
+func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time.Time, resp proto.Message, err error, span trace.Span) {
 	code := 200
 	out := &nats.Msg{Subject: req.Msg.Reply}
 	if err == nil && resp != nil {
@@ -206,6 +214,8 @@ func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time
 	elapsed := time.Since(start)
 	st.Requests.Add(1)
 	st.Latency.Add(int64(elapsed))
+	telemetry.End(span, code, err)
+	telemetry.Observe(s.cfg.Name, ep.Name, code, elapsed)
 	if s.cfg.Observe != nil {
 		s.cfg.Observe(ep.Name, code, elapsed)
 	}
