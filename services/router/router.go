@@ -1,0 +1,367 @@
+// Package router is latchkey's key-value front door: the micro service
+// "latchkey-router" answering kv.get, kv.put, kv.delete and kv.scan. It
+// checks each request against the API limits, picks the owning shard with
+// rendezvous hashing over the deployment's durable shard map, and forwards
+// the request to that shard's storage instances as protobuf. kv.scan asks
+// every shard and merges their pages in key order.
+//
+// The shard set lives in a JetStream KV record (epoch + shard ids) that
+// every router watches; it is never derived from which storage instances
+// happen to be up. A key whose shard has no instance gets a 503 naming the
+// shard; it is never rehashed elsewhere.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/limits"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// ServiceName is the micro service name of every router instance.
+const ServiceName = "latchkey-router"
+
+// Version is reported in the micro service info.
+const Version = "0.1.0"
+
+// Config configures a router.
+type Config struct {
+	Prefix        string // "" = "latchkey"
+	Shards        int    // if > 0: ensure the shard map has shards "0".."N-1" (create it if absent); 0 = use the existing map (error if none)
+	Replicas      int    // JetStream replicas for the meta bucket; 0 = 1
+	MaxValueBytes int    // 0 = limits.DefaultMaxValue
+	Logger        *slog.Logger
+}
+
+// Server is a running router instance.
+type Server struct {
+	nc    *nats.Conn
+	subj  subjects.Set
+	max   int
+	log   *slog.Logger
+	kv    jetstream.KeyValue
+	route atomic.Pointer[routing]
+	svc   *service.Service
+	stop  context.CancelFunc
+	done  chan struct{}
+}
+
+// Start loads (or creates, see Config.Shards) the shard map, starts
+// watching it and registers the router's endpoints. ctx bounds the start
+// only; the router runs until Stop. Start fails with ErrNoShardMap or
+// ErrMigrationNeeded when the shard map cannot be used as asked.
+func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
+	if cfg.Shards < 0 {
+		return nil, fmt.Errorf("shards is %d; it must be 0 (use the existing map) or more", cfg.Shards)
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.MaxValueBytes <= 0 {
+		cfg.MaxValueBytes = limits.DefaultMaxValue
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{nc: nc, subj: subjects.New(cfg.Prefix), max: cfg.MaxValueBytes,
+		log: cfg.Logger.With("service", ServiceName), done: make(chan struct{})}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if s.kv, err = openMeta(ctx, js, s.subj.MetaBucket(), cfg.Replicas); err != nil {
+		return nil, err
+	}
+	m, err := ensureMap(ctx, js, s.kv, s.subj.ShardBucket, cfg.Shards)
+	if err != nil {
+		return nil, err
+	}
+	s.apply(m)
+
+	wctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	go func() { defer close(s.done); s.watchMap(wctx) }()
+
+	ep := func(name, public string, f service.Func) service.Endpoint {
+		return service.Endpoint{Name: name, Subject: s.subj.Public(public), Func: f}
+	}
+	s.svc, err = service.Start(nc, service.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "latchkey key-value router: checks requests and forwards them to their shard",
+		Metadata:    map[string]string{"prefix": s.subj.Prefix},
+		Logger:      s.log,
+	},
+		ep("get", subjects.KVGet, s.get),
+		ep("put", subjects.KVPut, s.put),
+		ep("delete", subjects.KVDelete, s.delete),
+		ep("scan", subjects.KVScan, s.scan),
+	)
+	if err != nil {
+		cancel()
+		<-s.done
+		return nil, err
+	}
+	s.log.Info("router started", "prefix", s.subj.Prefix, "epoch", m.Epoch, "shards", len(m.Shards))
+	return s, nil
+}
+
+// Stop stops taking requests, answers those in flight (up to ctx) and
+// stops watching the shard map.
+func (s *Server) Stop(ctx context.Context) error {
+	err := s.svc.Stop(ctx)
+	s.stop()
+	<-s.done
+	return err
+}
+
+// ShardMap returns the epoch and the sorted shard ids the router is using.
+func (s *Server) ShardMap() (epoch uint64, shards []string) {
+	r := s.route.Load()
+	return r.epoch, append([]string(nil), r.hash.Shards()...)
+}
+
+func (s *Server) get(ctx context.Context, r *service.Request) (proto.Message, error) {
+	in := &pb.GetRequest{}
+	if err := decodeCheck(r, in, s.max); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s, r, in.Key, "get", in, &pb.GetResponse{})
+}
+
+func (s *Server) put(ctx context.Context, r *service.Request) (proto.Message, error) {
+	in := &pb.PutRequest{}
+	if err := decodeCheck(r, in, s.max); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s, r, in.Key, "put", in, &pb.PutResponse{})
+}
+
+func (s *Server) delete(ctx context.Context, r *service.Request) (proto.Message, error) {
+	in := &pb.DeleteRequest{}
+	if err := decodeCheck(r, in, s.max); err != nil {
+		return nil, err
+	}
+	return forward(ctx, s, r, in.Key, "delete", in, &pb.DeleteResponse{})
+}
+
+func decodeCheck(r *service.Request, m proto.Message, maxValue int) error {
+	if err := r.Decode(m); err != nil {
+		return err
+	}
+	return check(m, maxValue)
+}
+
+// check applies the limits of docs/API.md to a decoded public request, so
+// bad input is answered here with a 400 or 413 and never reaches a shard.
+func check(m proto.Message, maxValue int) error {
+	switch r := m.(type) {
+	case *pb.GetRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		if _, ok := pb.Consistency_name[int32(r.Consistency)]; !ok {
+			return apierr.Invalid("invalid_consistency",
+				"consistency is %d; it must be CONSISTENCY_LINEARIZABLE (the default) or CONSISTENCY_STALE", r.Consistency)
+		}
+	case *pb.PutRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		if err := limits.Value(r.Value, maxValue); err != nil {
+			return err
+		}
+		if err := limits.TTL("ttl_ms", r.TtlMs, true); err != nil {
+			return err
+		}
+		return checkFence(r.Fence)
+	case *pb.DeleteRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		return checkFence(r.Fence)
+	case *pb.ScanRequest:
+		if err := limits.Key("prefix", r.Prefix, true); err != nil {
+			return err
+		}
+		if err := limits.Key("after", r.After, true); err != nil {
+			return err
+		}
+		_, err := limits.ScanLimit(r.Limit)
+		return err
+	default:
+		return apierr.New(apierr.ErrInternal, "unknown_request", "router cannot check a %T", m)
+	}
+	return nil
+}
+
+func checkFence(f *pb.Fence) error {
+	if f == nil {
+		return nil
+	}
+	if err := limits.LockName("fence.lock", f.Lock); err != nil {
+		return err
+	}
+	if f.Token == 0 {
+		return apierr.Invalid("missing_fence_token", "fence.token must be greater than 0 (a token from lock.acquire)")
+	}
+	return nil
+}
+
+// traceHeaders are the request headers a shard needs; nats.Header is
+// case-sensitive and these names are lower-case by the W3C spec.
+var traceHeaders = []string{"traceparent", "tracestate"}
+
+// forward sends in to the shard owning key and returns its answer. Shard
+// errors come back unchanged; transport failures become 503s that name the
+// shard.
+func forward[T proto.Message](ctx context.Context, s *Server, r *service.Request, key, op string, in proto.Message, out T) (proto.Message, error) {
+	id := s.route.Load().hash.Get(key)
+	if err := s.call(ctx, r, id, op, in, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// call is one request to one shard. It leaves a little of the caller's
+// deadline so that a slow shard is reported as a 503 the caller still
+// waits for, rather than as the caller's own timeout.
+func (s *Server) call(ctx context.Context, r *service.Request, id, op string, in, out proto.Message) error {
+	if dl, ok := ctx.Deadline(); ok {
+		margin := min(time.Until(dl)/20, 100*time.Millisecond)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-margin))
+		defer cancel()
+	}
+	subject := s.subj.Shard(id, op)
+	data, err := proto.Marshal(in)
+	if err != nil {
+		return apierr.New(apierr.ErrInternal, "encode", "cannot encode the shard request: %v", err)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	for _, h := range traceHeaders {
+		if v, ok := r.Msg.Header[h]; ok {
+			msg.Header[h] = v
+		}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		msg.Header.Set(service.HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
+	}
+	reply, err := s.nc.RequestMsgWithContext(ctx, msg)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return apierr.Unavailable("shard_unavailable", "shard %s is unavailable: no storage instance serves it", id)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return apierr.Unavailable("shard_timeout", "shard %s did not answer in time", id)
+	case err != nil:
+		return service.TransportError(subject, err)
+	}
+	return service.DecodeReply(reply, out)
+}
+
+// scanSlack keeps a merged scan page this far under the server's
+// max_payload, as storage does for its own pages.
+const scanSlack = 64 << 10
+
+// scan asks every shard for the same page and merges the answers (see
+// merge). A failing shard fails the scan: a partial page would silently
+// skip keys.
+func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, error) {
+	in := &pb.ScanRequest{}
+	if err := decodeCheck(r, in, s.max); err != nil {
+		return nil, err
+	}
+	limit, _ := limits.ScanLimit(in.Limit)
+	in.Limit = uint32(limit)
+	shards := s.route.Load().hash.Shards()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pages := make([]*pb.ScanResponse, len(shards))
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		firstErr error
+	)
+	for i, id := range shards {
+		pages[i] = &pb.ScanResponse{}
+		wg.Go(func() {
+			err := s.call(ctx, r, id, "scan", in, pages[i])
+			if err == nil && pages[i].More && len(pages[i].Items) == 0 {
+				err = apierr.New(apierr.ErrInternal, "bad_shard_page", "shard %s answered a scan with more=true and no items", id)
+			}
+			if err != nil {
+				once.Do(func() { firstErr = err; cancel() })
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	budget := int(s.nc.MaxPayload()) - scanSlack
+	size := protoSize
+	if r.JSON {
+		size = jsonSize
+	}
+	return merge(pages, limit, budget, size), nil
+}
+
+// merge combines the shards' sorted pages into one page of at most limit
+// items in key order, under budget bytes as measured by size (but at least
+// one item). A shard that said more may hold keys after its last item that
+// it did not send (its page hit the limit or its own byte budget), so the
+// merge stops at the smallest such last key: nothing a shard withheld can
+// be skipped, and the next page starts after the last key returned.
+func merge(pages []*pb.ScanResponse, limit, budget int, size func(*pb.Item) int) *pb.ScanResponse {
+	out := &pb.ScanResponse{}
+	cutoff, bounded := "", false
+	for _, p := range pages {
+		if p.More && len(p.Items) > 0 {
+			if last := p.Items[len(p.Items)-1].Key; !bounded || last < cutoff {
+				cutoff, bounded = last, true
+			}
+		}
+	}
+	out.More = bounded
+	pos := make([]int, len(pages))
+	used := 0
+	for {
+		best := -1
+		for i, p := range pages {
+			if pos[i] < len(p.Items) && (best < 0 || p.Items[pos[i]].Key < pages[best].Items[pos[best]].Key) {
+				best = i
+			}
+		}
+		if best < 0 {
+			return out
+		}
+		it := pages[best].Items[pos[best]]
+		n := size(it)
+		if (bounded && it.Key > cutoff) || len(out.Items) == limit || (len(out.Items) > 0 && used+n > budget) {
+			out.More = true
+			return out
+		}
+		used += n
+		out.Items = append(out.Items, it)
+		pos[best]++
+	}
+}
+
+// protoSize and jsonSize estimate an item's share of a reply; JSON carries
+// values as base64 and may escape every key byte.
+func protoSize(it *pb.Item) int { return len(it.Key) + len(it.Value) + 24 }
+func jsonSize(it *pb.Item) int  { return 6*len(it.Key) + (len(it.Value)+2)/3*4 + 64 }

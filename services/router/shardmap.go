@@ -1,0 +1,236 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/latchkey/latchkey/services/router/consistenthash"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// shardMapKey is the key of the shard map record in the meta bucket.
+const shardMapKey = "shardmap"
+
+// resyncEvery bounds how long a router can miss a shard map change when
+// its watch silently stopped (watches have failed to resume after a
+// reconnect: nats.go#1777).
+const resyncEvery = 30 * time.Second
+
+var (
+	// ErrNoShardMap: Config.Shards is 0 and the deployment has no shard map
+	// yet; start one router with Shards > 0 to create it.
+	ErrNoShardMap = errors.New("the deployment has no shard map; start a router with --shards N to create one")
+	// ErrMigrationNeeded: Config.Shards asks for a different shard set while
+	// the current shards hold data. The error's message says how many.
+	ErrMigrationNeeded = errors.New("changing the shard set of a deployment that holds data needs key migration")
+)
+
+type migrationError struct{ have, want int }
+
+func (e *migrationError) Error() string {
+	return fmt.Sprintf("the deployment has %d shards holding data; changing to %d needs key migration, which latchkey does not support yet", e.have, e.want)
+}
+
+func (e *migrationError) Is(target error) bool { return target == ErrMigrationNeeded }
+
+// routing is one epoch of the shard map, swapped atomically as a whole.
+type routing struct {
+	epoch uint64
+	hash  *consistenthash.Map
+}
+
+// openMeta opens the meta bucket, creating it when absent.
+func openMeta(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bucket,
+			Description: "latchkey shard map",
+			History:     1,
+			Replicas:    replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) { // another router won the race
+			kv, err = js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open shard map bucket %s: %w", bucket, err)
+	}
+	return kv, nil
+}
+
+// readMap returns the current record and its revision, or (nil, 0, nil)
+// when there is none.
+func readMap(ctx context.Context, kv jetstream.KeyValue) (*pb.ShardMap, uint64, error) {
+	e, err := kv.Get(ctx, shardMapKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read shard map: %w", err)
+	}
+	m := &pb.ShardMap{}
+	if err := proto.Unmarshal(e.Value(), m); err != nil {
+		return nil, 0, fmt.Errorf("shard map record (revision %d) is corrupt: %w", e.Revision(), err)
+	}
+	if len(m.Shards) == 0 {
+		return nil, 0, fmt.Errorf("shard map record (revision %d) lists no shards", e.Revision())
+	}
+	return m, e.Revision(), nil
+}
+
+// ensureMap makes the durable shard map hold shards "0".."n-1" (n > 0), or
+// returns the existing one (n == 0). Every write is a CAS, so routers that
+// start together agree: the losers re-read and find the winner's record.
+func ensureMap(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, bucketOf func(string) string, n int) (*pb.ShardMap, error) {
+	var want []string
+	for i := range n {
+		want = append(want, strconv.Itoa(i))
+	}
+	for attempt := 0; ; attempt++ {
+		if attempt == 10 {
+			return nil, errors.New("shard map keeps changing under this router; giving up after 10 attempts")
+		}
+		cur, rev, err := readMap(ctx, kv)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case cur == nil && n == 0:
+			return nil, ErrNoShardMap
+		case cur == nil:
+			rec := &pb.ShardMap{Epoch: 1, Shards: want}
+			data, _ := proto.Marshal(rec)
+			if _, err := kv.Create(ctx, shardMapKey, data); err != nil {
+				if errors.Is(err, jetstream.ErrKeyExists) {
+					continue
+				}
+				return nil, fmt.Errorf("create shard map: %w", err)
+			}
+			return rec, nil
+		case n == 0 || sameSet(cur.Shards, want):
+			return cur, nil
+		}
+		if err := checkEmpty(ctx, js, cur.Shards, bucketOf, n); err != nil {
+			return nil, err
+		}
+		rec := &pb.ShardMap{Epoch: cur.Epoch + 1, Shards: want}
+		data, _ := proto.Marshal(rec)
+		if _, err := kv.Update(ctx, shardMapKey, data, rev); err != nil {
+			// A CAS conflict (10071, or 10164 with R>1) means someone else
+			// changed the record: re-read. Anything else repeats until the
+			// attempts run out or ctx ends.
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("update shard map: %w", err)
+			}
+			continue
+		}
+		return rec, nil
+	}
+}
+
+// checkEmpty refuses a shard set change while any current shard holds data:
+// keys would silently move to shards that do not have them.
+func checkEmpty(ctx context.Context, js jetstream.JetStream, shards []string, bucketOf func(string) string, want int) error {
+	for _, id := range shards {
+		st, err := js.Stream(ctx, "KV_"+bucketOf(id))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("check shard %s for data: %w", id, err)
+		}
+		if st.CachedInfo().State.Msgs > 0 {
+			return &migrationError{have: len(shards), want: want}
+		}
+	}
+	return nil
+}
+
+func sameSet(a, b []string) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(slices.Compact(a), slices.Compact(b))
+}
+
+// watchMap keeps the router's routing current until ctx ends. The watch
+// is only a wake-up: every notification, and every resyncEvery, re-reads
+// the record, and a broken watch is opened again.
+func (s *Server) watchMap(ctx context.Context) {
+	tick := time.NewTicker(resyncEvery)
+	defer tick.Stop()
+	var w jetstream.KeyWatcher
+	defer func() {
+		if w != nil {
+			_ = w.Stop()
+		}
+	}()
+	for {
+		if w == nil {
+			var err error
+			if w, err = s.kv.Watch(ctx, shardMapKey); err != nil {
+				s.log.Warn("cannot watch the shard map; relying on periodic re-reads", "err", err)
+				w = nil
+			}
+		}
+		var updates <-chan jetstream.KeyValueEntry
+		if w != nil {
+			updates = w.Updates()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-updates:
+			if !ok {
+				w = nil // the watcher ended; reopen it on the next turn
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Second):
+				}
+			}
+		case <-tick.C:
+		}
+		s.refresh(ctx)
+	}
+}
+
+// refresh re-reads the shard map and swaps in a newer epoch.
+func (s *Server) refresh(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, _, err := readMap(rctx, s.kv)
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			s.log.Warn("cannot re-read the shard map; keeping the current one", "err", err)
+		}
+	case m == nil:
+		s.log.Warn("the shard map record is gone; keeping the current one", "epoch", s.route.Load().epoch)
+	default:
+		s.apply(m)
+	}
+}
+
+// apply installs m if it is newer than the current routing.
+func (s *Server) apply(m *pb.ShardMap) {
+	for {
+		cur := s.route.Load()
+		if cur != nil && m.Epoch <= cur.epoch {
+			return
+		}
+		next := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards)}
+		if s.route.CompareAndSwap(cur, next) {
+			s.log.Info("shard map in use", "epoch", m.Epoch, "shards", len(m.Shards))
+			return
+		}
+	}
+}
