@@ -1,0 +1,167 @@
+// Package daemon is the shared main of latchkey's service binaries: flags
+// that fall back to LATCHKEY_* environment variables, slog logging with
+// trace ids, tracing and Prometheus metrics from the standard settings, a
+// NATS connection that reconnects forever and says so, and a graceful stop
+// on SIGINT/SIGTERM that answers requests in flight before draining.
+package daemon
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/telemetry"
+	"github.com/nats-io/nats.go"
+)
+
+// Common holds the flags every service binary has.
+type Common struct {
+	URL         string
+	Prefix      string
+	MetricsAddr string
+	LogLevel    string
+	LogFormat   string
+}
+
+// Flags registers the common flags on fs.
+func Flags(fs *flag.FlagSet) *Common {
+	c := &Common{}
+	fs.StringVar(&c.URL, "server", Env("LATCHKEY_NATS_URL", Env("NATS_URL", nats.DefaultURL)), "NATS server URL(s), comma-separated (LATCHKEY_NATS_URL)")
+	fs.StringVar(&c.Prefix, "prefix", Env("LATCHKEY_PREFIX", ""), "subject prefix of the deployment; empty means latchkey (LATCHKEY_PREFIX)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", Env("LATCHKEY_METRICS_ADDR", ""), "serve Prometheus metrics on this address, e.g. :9090; empty serves none (LATCHKEY_METRICS_ADDR)")
+	fs.StringVar(&c.LogLevel, "log-level", Env("LATCHKEY_LOG_LEVEL", "info"), "debug, info, warn or error (LATCHKEY_LOG_LEVEL)")
+	fs.StringVar(&c.LogFormat, "log-format", Env("LATCHKEY_LOG_FORMAT", "text"), "text or json (LATCHKEY_LOG_FORMAT)")
+	return c
+}
+
+// Env returns the environment variable name, or def when it is unset.
+func Env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// EnvInt is Env for whole numbers; a malformed value stops the program
+// with a message naming the variable.
+func EnvInt(name string, def int) int {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q is not a whole number\n", name, v)
+		os.Exit(2)
+	}
+	return n
+}
+
+// Logger builds the process logger from level and format.
+func Logger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler
+	switch strings.ToLower(format) {
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	case "text", "":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	default:
+		return nil, fmt.Errorf("log format %q: want text or json", format)
+	}
+	return slog.New(telemetry.LogHandler(h)), nil
+}
+
+// Stopper is a running service.
+type Stopper interface{ Stop(context.Context) error }
+
+// StartFunc starts a service on a connected nc.
+type StartFunc func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (Stopper, error)
+
+// Main parses args into fs (which must hold the Common flags), runs the
+// service started by start until SIGINT or SIGTERM, stops it gracefully
+// and exits non-zero on failure.
+func Main(name string, fs *flag.FlagSet, c *Common, args []string, start StartFunc) {
+	_ = fs.Parse(args)
+	log, err := Logger(c.LogLevel, c.LogFormat)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(2)
+	}
+	if err := run(name, c, log, start); err != nil {
+		log.Error(name+" failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(name string, c *Common, log *slog.Logger, start StartFunc) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+
+	shutdownTracing, err := telemetry.Setup(ctx, name)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		_ = shutdownTracing(sctx)
+	}()
+	if addr, err := telemetry.ServeMetrics(ctx, c.MetricsAddr, log); err != nil {
+		return fmt.Errorf("metrics on %s: %w", c.MetricsAddr, err)
+	} else if addr != nil {
+		log.Info("serving Prometheus metrics", "url", "http://"+addr.String()+"/metrics")
+	}
+
+	nc, err := Connect(c.URL, name, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	startCtx, startCancel := context.WithTimeout(ctx, 60*time.Second)
+	svc, err := start(startCtx, nc, log)
+	startCancel()
+	if err != nil {
+		return err
+	}
+	log.Info(name+" ready", "nats", nc.ConnectedUrl(), "tracing", telemetry.Enabled())
+	<-ctx.Done()
+	log.Info("stopping: answering requests in flight, then draining NATS")
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer stopCancel()
+	if err := svc.Stop(stopCtx); err != nil {
+		log.Warn("stop", "err", err)
+	}
+	return nc.Drain()
+}
+
+// Connect dials NATS with unlimited reconnects and logs every change of
+// connection state, so an operator sees why requests fail.
+func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			log.Error("NATS async error", "subject", subj, "err", err)
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
