@@ -1,0 +1,216 @@
+package jskv_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestEncodeKeyRoundTrip(t *testing.T) {
+	for _, name := range []string{"a", "user:42", "a.b.c", "*", ">", "with space", "ü/€/😀", "$KV.x"} {
+		tok := jskv.EncodeKey(name)
+		for _, r := range tok {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
+			if !ok {
+				t.Fatalf("EncodeKey(%q) = %q has %q, not a safe key character", name, tok, r)
+			}
+		}
+		back, err := jskv.DecodeKey(tok)
+		if err != nil || back != name {
+			t.Fatalf("DecodeKey(EncodeKey(%q)) = %q, %v", name, back, err)
+		}
+	}
+	if _, err := jskv.DecodeKey("not base64!"); err == nil {
+		t.Fatal("DecodeKey accepted a non-base64 token")
+	}
+}
+
+func TestTTLHeaderRoundsUp(t *testing.T) {
+	for _, c := range []struct {
+		ms   int64
+		want string
+	}{{0, "1s"}, {1, "1s"}, {1000, "1s"}, {1001, "2s"}, {1500, "2s"}, {2000, "2s"}, {59999, "60s"}} {
+		if got := jskv.TTLHeader(c.ms); got != c.want {
+			t.Errorf("TTLHeader(%d) = %q, want %q", c.ms, got, c.want)
+		}
+	}
+}
+
+func setup(t *testing.T) (*nats.Conn, jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "t", History: 1, LimitMarkerTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js, kv
+}
+
+func TestLeaderGetAndPublishIfLast(t *testing.T) {
+	nc, js, _ := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subj := "$KV.t." + jskv.EncodeKey("a.b")
+
+	if _, found, err := jskv.LeaderGet(ctx, nc, "KV_t", subj); err != nil || found {
+		t.Fatalf("empty subject: found=%v err=%v", found, err)
+	}
+	hdr := nats.Header{"X-Test": {"1"}}
+	seq, err := jskv.PublishIfLast(ctx, js, subj, []byte("v1"), hdr, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hdr.Get(jskv.HeaderExpectedLastSubjectSeq) != "" {
+		t.Fatal("PublishIfLast modified the caller's header")
+	}
+	if _, err := jskv.PublishIfLast(ctx, js, subj, []byte("v2"), nil, 0); !errors.Is(err, jskv.ErrWrongLastSequence) {
+		t.Fatalf("create over an existing message: err = %v, want ErrWrongLastSequence", err)
+	}
+	if _, err := jskv.PublishIfLast(ctx, js, subj, []byte("v2"), nil, seq+7); !errors.Is(err, jskv.ErrWrongLastSequence) {
+		t.Fatalf("stale sequence: err = %v, want ErrWrongLastSequence", err)
+	}
+	m, found, err := jskv.LeaderGet(ctx, nc, "KV_t", subj)
+	if err != nil || !found || m.Seq != seq || string(m.Data) != "v1" || m.Header.Get("X-Test") != "1" || jskv.IsDeleteMarker(m.Header) {
+		t.Fatalf("LeaderGet = %+v, %v, %v; want seq %d v1 with header", m, found, err, seq)
+	}
+	// A delete marker with its own TTL: the server accepts it and the
+	// reader sees a marker.
+	del := nats.Header{jskv.HeaderKVOperation: {"DEL"}, jskv.HeaderTTL: {jskv.TTLHeader(1000)}}
+	seq2, err := jskv.PublishIfLast(ctx, js, subj, nil, del, seq)
+	if err != nil || seq2 <= seq {
+		t.Fatalf("checked delete: seq %d err %v", seq2, err)
+	}
+	m, found, err = jskv.LeaderGet(ctx, nc, "KV_t", subj)
+	if err != nil || !found || !jskv.IsDeleteMarker(m.Header) {
+		t.Fatalf("after delete: %+v %v %v", m, found, err)
+	}
+	if _, _, err := jskv.LeaderGet(ctx, nc, "KV_nope", subj); !errors.Is(err, apierr.ErrUnavailable) {
+		t.Fatalf("missing stream: err = %v, want 503", err)
+	}
+}
+
+func TestTTLExpiryWritesMarker(t *testing.T) {
+	nc, js, _ := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	subj := "$KV.t.k"
+	seq, err := jskv.PublishIfLast(ctx, js, subj, []byte("x"), nats.Header{jskv.HeaderTTL: {jskv.TTLHeader(1000)}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, found, err := jskv.LeaderGet(ctx, nc, "KV_t", subj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found && m.Seq > seq {
+			if !jskv.IsDeleteMarker(m.Header) {
+				t.Fatalf("message after expiry is not a marker: %v", m.Header)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("message with a 1s TTL still there after 5s (found=%v)", found)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestIsDeleteMarker(t *testing.T) {
+	for _, c := range []struct {
+		h    nats.Header
+		want bool
+	}{
+		{nil, false},
+		{nats.Header{}, false},
+		{nats.Header{"KV-Operation": {"DEL"}}, true},
+		{nats.Header{"KV-Operation": {"PURGE"}}, true},
+		{nats.Header{"Nats-Marker-Reason": {"MaxAge"}}, true},
+		{nats.Header{"Nats-TTL": {"5s"}}, false},
+	} {
+		if got := jskv.IsDeleteMarker(c.h); got != c.want {
+			t.Errorf("IsDeleteMarker(%v) = %v", c.h, got)
+		}
+	}
+}
+
+// TestSequenceSurvivesEmptyStreamRestart checks what fencing tokens rely
+// on: once every message (and marker) of a TTL'd bucket expired, the
+// stream is empty, yet after a server restart the next sequence is still
+// above every earlier one.
+func TestSequenceSurvivesEmptyStreamRestart(t *testing.T) {
+	dir := t.TempDir()
+	s, err := natstest.Start(natstest.Options{StoreDir: dir, Name: "r"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := natstest.Connect(t, s.ClientURL())
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "t", History: 1, LimitMarkerTTL: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := range 3 {
+		seq, err := jskv.PublishIfLast(ctx, js, "$KV.t.k"+string(rune('a'+i)), []byte("x"), nats.Header{jskv.HeaderTTL: {"1s"}}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+	}
+	str, err := js.Stream(ctx, "KV_t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(8 * time.Second)
+	for {
+		info, err := str.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			if info.State.LastSeq > last {
+				last = info.State.LastSeq // the expiry markers took sequences too
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stream still has %d messages", info.State.Msgs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	port := s.Addr().(*net.TCPAddr).Port
+	s.Shutdown()
+	s.WaitForShutdown()
+	s2, err := natstest.Start(natstest.Options{StoreDir: dir, Name: "r", Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Shutdown()
+	nc2 := natstest.Connect(t, s2.ClientURL())
+	js2, _ := jetstream.New(nc2)
+	seq, err := jskv.PublishIfLast(ctx, js2, "$KV.t.ka", []byte("y"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq <= last {
+		t.Fatalf("after restart of an empty stream the sequence restarted: %d <= %d", seq, last)
+	}
+}

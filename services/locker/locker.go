@@ -1,0 +1,396 @@
+// Package locker is latchkey's lock service: named leases with fencing
+// tokens, kept in one JetStream KV bucket.
+//
+// Each lock name is one key (base64url of the name) whose value is a
+// pb.LockRecord. Every write is a compare-and-set on the key's last stream
+// sequence (jskv.PublishIfLast), read from the stream leader
+// (jskv.LeaderGet), so two lockers can never both grant a lease. A record
+// carries a per-message TTL (Nats-TTL, rounded up to whole seconds); the
+// bucket has LimitMarkerTTL, so the NATS server itself removes an unrenewed
+// record and writes an expiry marker, even when no locker runs.
+//
+// The fencing token of a lease is the stream sequence of the write that
+// acquired it. Stream sequences only grow, across locker restarts and
+// JetStream leader changes, so every token is larger than every token
+// handed out before for any name. The acquiring write cannot know its own
+// sequence, so its record has token 0, meaning "the sequence of this
+// message"; renewals write the token explicitly.
+//
+// Waiting acquires (wait_ms > 0) do not poll: each locker instance keeps
+// one KV watch per waited-on name, shared by its waiters, and wakes them
+// one at a time in arrival order. Watches may miss or repeat events, so a
+// waiter also re-reads on a timer (the holder's remaining lease + 250ms).
+// Arrival order holds within one instance only; instances race each other
+// fairly but without order, and a try-once acquire may take a freed lock
+// before the head waiter.
+package locker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/limits"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+const (
+	// ServiceName is the micro service name of the locker.
+	ServiceName = "latchkey-locker"
+	// MaxWaitMillis bounds wait_ms: a request must not occupy a locker
+	// (and the caller's connection) indefinitely.
+	MaxWaitMillis = 5 * 60 * 1000
+	// MarkerTTL is how long release and expiry markers stay in the bucket.
+	// It keeps the bucket from collecting one tombstone per name forever.
+	MarkerTTL = 15 * time.Minute
+
+	// casRetries bounds re-read-and-retry rounds after a lost
+	// compare-and-set before an operation gives up.
+	casRetries = 8
+	// recheckSlack is added to a holder's remaining lease before a waiter
+	// re-reads on its own: the server's expiry timer ticks every ~250ms.
+	recheckSlack = 250 * time.Millisecond
+	// replyMargin is kept from the caller's deadline so a waiter that did
+	// not get the lock can still say so (409) before the caller gives up.
+	replyMargin = 100 * time.Millisecond
+	// requestTimeout is the service deadline of a request without one; the
+	// service runtime honours caller deadlines up to 12x this, which must
+	// exceed MaxWaitMillis.
+	requestTimeout = 30 * time.Second
+)
+
+// Config configures a locker.
+type Config struct {
+	Prefix   string // "" = "latchkey"
+	Replicas int    // JetStream replicas of the lock bucket; 0 = 1
+	Logger   *slog.Logger
+}
+
+// Server is a running locker instance. Any number may run against one
+// deployment; they share the bucket and agree through it.
+type Server struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	log    *slog.Logger
+	stream string
+	subj   string // "$KV.<bucket>." — key tokens follow
+	svc    *service.Service
+
+	ctx    context.Context // cancelled by Stop: ends waits and watches
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	queues map[string]*waitQueue
+}
+
+// Start creates (or reuses) the lock bucket and serves the lock endpoints.
+func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	set := subjects.New(cfg.Prefix)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	bucket := set.LockBucket()
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    "latchkey locks: one key per lock name, value pb.LockRecord",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       cfg.Replicas,
+		LimitMarkerTTL: MarkerTTL,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lock bucket %s: %w", bucket, err)
+	}
+	s := &Server{
+		nc: nc, js: js, kv: kv, log: cfg.Logger,
+		stream: "KV_" + bucket, subj: "$KV." + bucket + ".",
+		queues: map[string]*waitQueue{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	ep := func(name, endpoint string, f service.Func) service.Endpoint {
+		return service.Endpoint{Name: name, Subject: set.Public(endpoint), Func: f}
+	}
+	s.svc, err = service.Start(nc, service.Config{
+		Name:        ServiceName,
+		Version:     "1.0.0",
+		Description: "latchkey leases with fencing tokens on JetStream KV",
+		Metadata:    map[string]string{"bucket": bucket},
+		Logger:      cfg.Logger,
+		Timeout:     requestTimeout,
+	},
+		ep("acquire", subjects.LockAcquire, s.acquire),
+		ep("renew", subjects.LockRenew, s.renew),
+		ep("release", subjects.LockRelease, s.release),
+		ep("get", subjects.LockGet, s.get),
+	)
+	if err != nil {
+		s.cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop stops taking requests, answers waiting acquires with 503 (the
+// caller retries elsewhere), and waits for requests in flight up to ctx.
+// Leases stay in the bucket and expire or are renewed through other
+// instances.
+func (s *Server) Stop(ctx context.Context) error {
+	s.cancel()
+	return s.svc.Stop(ctx)
+}
+
+// lease is the state of a lock as read from the leader.
+type lease struct {
+	seq    uint64 // last stream sequence of the key (0: no message)
+	held   bool
+	record *pb.LockRecord // token resolved; nil unless held
+}
+
+func (l lease) remaining(now time.Time) time.Duration {
+	if !l.held {
+		return 0
+	}
+	d := time.UnixMilli(l.record.GetExpiresUnixMs()).Sub(now)
+	if d < 0 {
+		return 0
+	}
+	return d
+}
+
+func (s *Server) read(ctx context.Context, name string) (lease, error) {
+	m, found, err := jskv.LeaderGet(ctx, s.nc, s.stream, s.subj+jskv.EncodeKey(name))
+	if err != nil || !found {
+		return lease{}, err
+	}
+	l := lease{seq: m.Seq}
+	if jskv.IsDeleteMarker(m.Header) {
+		return l, nil
+	}
+	rec := &pb.LockRecord{}
+	if err := proto.Unmarshal(m.Data, rec); err != nil {
+		return lease{}, apierr.New(apierr.ErrInternal, "corrupt_lock", "lock %q has an unreadable record at sequence %d: %v", name, m.Seq, err)
+	}
+	if rec.Token == 0 {
+		rec.Token = m.Seq // the acquiring write: its own sequence is the token
+	}
+	l.held, l.record = true, rec
+	return l, nil
+}
+
+// write stores rec for name with a TTL of ttlMs (rounded up), if the key's
+// last sequence is still expected.
+func (s *Server) write(ctx context.Context, name string, rec *pb.LockRecord, expected uint64) (uint64, error) {
+	data, err := proto.Marshal(rec)
+	if err != nil {
+		return 0, err
+	}
+	hdr := nats.Header{jskv.HeaderTTL: {jskv.TTLHeader(rec.TtlMs)}}
+	return jskv.PublishIfLast(ctx, s.js, s.subj+jskv.EncodeKey(name), data, hdr, expected)
+}
+
+func grantedTTL(ms int64) int64 { return jskv.CeilSeconds(ms) * 1000 }
+
+func heldError(name string, l lease) error {
+	return apierr.Conflict("lock_held", "lock %q is held (owner %q, token %d)", name, l.record.GetOwner(), l.record.GetToken())
+}
+
+func notHeld(name string, token uint64) error {
+	return apierr.Conflict("not_held", "token %d does not hold lock %q (released, expired or taken over)", token, name)
+}
+
+func lostRaceError(name string) error {
+	return apierr.Conflict("lock_held", "lock %q is contended; it changed %d times while this request tried", name, casRetries)
+}
+
+// tryAcquire makes one attempt (with CAS retries) at the lock. It returns
+// the response, or the lease that holds it. markerSeq, if not 0, is the
+// sequence of a delete or expiry marker a watch just reported: the first
+// write is then conditioned on it without reading first (the CAS makes
+// that safe; a stale hint only costs a conflict and a read).
+func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSeq uint64) (*pb.AcquireResponse, lease, error) {
+	for range casRetries {
+		l := lease{seq: markerSeq}
+		if markerSeq == 0 {
+			var err error
+			if l, err = s.read(ctx, in.Name); err != nil {
+				return nil, lease{}, err
+			}
+			if l.held {
+				return nil, l, nil
+			}
+		}
+		markerSeq = 0
+		ttl := grantedTTL(in.TtlMs)
+		rec := &pb.LockRecord{Owner: in.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl}
+		seq, err := s.write(ctx, in.Name, rec, l.seq)
+		switch {
+		case err == nil:
+			return &pb.AcquireResponse{Token: seq, TtlMs: ttl}, lease{}, nil
+		case errors.Is(err, jskv.ErrWrongLastSequence):
+			continue // someone wrote in between: look again
+		default:
+			return nil, lease{}, err
+		}
+	}
+	return nil, lease{}, lostRaceError(in.Name)
+}
+
+func (s *Server) acquire(ctx context.Context, req *service.Request) (proto.Message, error) {
+	in := &pb.AcquireRequest{}
+	if err := req.Decode(in); err != nil {
+		return nil, err
+	}
+	if err := validateAcquire(in); err != nil {
+		return nil, err
+	}
+	if in.WaitMs == 0 {
+		resp, l, err := s.tryAcquire(ctx, in, 0)
+		if err != nil {
+			return nil, err
+		}
+		if resp == nil {
+			return nil, heldError(in.Name, l)
+		}
+		return resp, nil
+	}
+	return s.acquireWait(ctx, in)
+}
+
+func validateAcquire(in *pb.AcquireRequest) error {
+	if err := limits.LockName("name", in.Name); err != nil {
+		return err
+	}
+	if err := limits.Owner(in.Owner); err != nil {
+		return err
+	}
+	if err := limits.TTL("ttl_ms", in.TtlMs, false); err != nil {
+		return err
+	}
+	if in.WaitMs < 0 || in.WaitMs > MaxWaitMillis {
+		return apierr.Invalid("invalid_wait_ms", "wait_ms is %d; it must be between 0 and %d (5 minutes)", in.WaitMs, MaxWaitMillis)
+	}
+	return nil
+}
+
+func validateToken(name string, token uint64) error {
+	if err := limits.LockName("name", name); err != nil {
+		return err
+	}
+	if token == 0 {
+		return apierr.Invalid("missing_token", "token is required: pass the token returned by acquire")
+	}
+	return nil
+}
+
+func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message, error) {
+	in := &pb.RenewRequest{}
+	if err := req.Decode(in); err != nil {
+		return nil, err
+	}
+	if err := validateToken(in.Name, in.Token); err != nil {
+		return nil, err
+	}
+	if err := limits.TTL("ttl_ms", in.TtlMs, true); err != nil {
+		return nil, err
+	}
+	for range casRetries {
+		l, err := s.read(ctx, in.Name)
+		if err != nil {
+			return nil, err
+		}
+		if !l.held || l.record.Token != in.Token {
+			return nil, notHeld(in.Name, in.Token)
+		}
+		ttl := l.record.TtlMs
+		if in.TtlMs != 0 {
+			ttl = grantedTTL(in.TtlMs)
+		}
+		// A rewrite with Nats-TTL, not a KV Update: an Update drops the
+		// TTL and the lock would never expire again.
+		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl, Token: in.Token}
+		_, err = s.write(ctx, in.Name, rec, l.seq)
+		switch {
+		case err == nil:
+			return &pb.RenewResponse{TtlMs: ttl}, nil
+		case errors.Is(err, jskv.ErrWrongLastSequence):
+			continue // a concurrent renew, or the lease just ended: look again
+		default:
+			return nil, err
+		}
+	}
+	return nil, lostRaceError(in.Name)
+}
+
+func (s *Server) release(ctx context.Context, req *service.Request) (proto.Message, error) {
+	in := &pb.ReleaseRequest{}
+	if err := req.Decode(in); err != nil {
+		return nil, err
+	}
+	if err := validateToken(in.Name, in.Token); err != nil {
+		return nil, err
+	}
+	hdr := nats.Header{
+		jskv.HeaderKVOperation: {"DEL"},
+		jskv.HeaderTTL:         {jskv.TTLHeader(MarkerTTL.Milliseconds())},
+	}
+	for range casRetries {
+		l, err := s.read(ctx, in.Name)
+		if err != nil {
+			return nil, err
+		}
+		if !l.held || l.record.Token != in.Token {
+			return nil, notHeld(in.Name, in.Token)
+		}
+		_, err = jskv.PublishIfLast(ctx, s.js, s.subj+jskv.EncodeKey(in.Name), nil, hdr, l.seq)
+		switch {
+		case err == nil:
+			return &pb.ReleaseResponse{}, nil
+		case errors.Is(err, jskv.ErrWrongLastSequence):
+			continue
+		default:
+			return nil, err
+		}
+	}
+	return nil, lostRaceError(in.Name)
+}
+
+func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, error) {
+	in := &pb.GetLockRequest{}
+	if err := req.Decode(in); err != nil {
+		return nil, err
+	}
+	if err := limits.LockName("name", in.Name); err != nil {
+		return nil, err
+	}
+	l, err := s.read(ctx, in.Name)
+	if err != nil {
+		return nil, err
+	}
+	if !l.held {
+		return &pb.GetLockResponse{}, nil
+	}
+	return &pb.GetLockResponse{
+		Held:           true,
+		Owner:          l.record.Owner,
+		Token:          l.record.Token,
+		TtlRemainingMs: l.remaining(time.Now()).Milliseconds(),
+	}, nil
+}

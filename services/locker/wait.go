@@ -1,0 +1,193 @@
+package locker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// waitQueue holds this instance's waiters for one lock name, in arrival
+// order, and the one KV watch they share. Only the head tries to acquire,
+// so a release wakes one waiter, not all of them.
+type waitQueue struct {
+	name    string
+	waiters []*waiter     // guarded by Server.mu
+	ready   chan struct{} // closed once the watch is set up (or failed)
+	stop    func()        // ends the watch; set before ready closes
+}
+
+type waiter struct {
+	// wake carries a wake-up, with the stream sequence of the marker that
+	// freed the lock if known (0 otherwise). Buffered 1 and overwritten,
+	// so a pending wake-up is never lost or doubled.
+	wake chan uint64
+}
+
+// join appends a new waiter to name's queue, creating the queue and its
+// watch if this is the first waiter.
+func (s *Server) join(name string) (*waitQueue, *waiter) {
+	w := &waiter{wake: make(chan uint64, 1)}
+	s.mu.Lock()
+	q, ok := s.queues[name]
+	if !ok {
+		q = &waitQueue{name: name, ready: make(chan struct{})}
+		s.queues[name] = q
+	}
+	q.waiters = append(q.waiters, w)
+	s.mu.Unlock()
+	if !ok {
+		// The watch starts before the first attempt, so a release between
+		// that attempt and the wait is seen.
+		q.stop = s.watch(q)
+		close(q.ready)
+	} else {
+		<-q.ready
+	}
+	return q, w
+}
+
+// leave removes w. If w was the head, the new head is woken: it tries
+// once (the lock may be free if w gave up) and, finding it held, arms its
+// timer from the holder's lease, so a missed watch event costs at most a
+// lease and not the whole wait. The last waiter to leave ends the watch.
+func (s *Server) leave(q *waitQueue, w *waiter) {
+	s.mu.Lock()
+	wasHead := len(q.waiters) > 0 && q.waiters[0] == w
+	for i, x := range q.waiters {
+		if x == w {
+			q.waiters = append(q.waiters[:i], q.waiters[i+1:]...)
+			break
+		}
+	}
+	empty := len(q.waiters) == 0
+	if empty {
+		delete(s.queues, q.name)
+	} else if wasHead {
+		notify(q.waiters[0], 0)
+	}
+	s.mu.Unlock()
+	if empty {
+		q.stop()
+	}
+}
+
+func (s *Server) isHead(q *waitQueue, w *waiter) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(q.waiters) > 0 && q.waiters[0] == w
+}
+
+func (s *Server) wakeHead(q *waitQueue, markerSeq uint64) {
+	s.mu.Lock()
+	if len(q.waiters) > 0 {
+		notify(q.waiters[0], markerSeq)
+	}
+	s.mu.Unlock()
+}
+
+// notify is called with Server.mu held, so it is the only sender.
+func notify(w *waiter, markerSeq uint64) {
+	select {
+	case <-w.wake: // replace an unconsumed wake-up with the newer one
+	default:
+	}
+	w.wake <- markerSeq
+}
+
+// watch follows name's key and wakes the head waiter whenever the lock may
+// have become free (a delete, purge or expiry marker). If the watch cannot
+// be set up, waiters still re-read on their timers.
+func (s *Server) watch(q *waitQueue) func() {
+	ctx, cancel := context.WithCancel(s.ctx)
+	kw, err := s.kv.Watch(ctx, jskv.EncodeKey(q.name), jetstream.UpdatesOnly())
+	if err != nil {
+		s.log.Warn("lock watch failed; waiters fall back to timed re-reads", "lock", q.name, "err", err)
+		return cancel
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-kw.Updates():
+				if !ok {
+					return
+				}
+				if e != nil && e.Operation() != jetstream.KeyValuePut {
+					s.wakeHead(q, e.Revision())
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		_ = kw.Stop()
+	}
+}
+
+// acquireWait queues for the lock until it is acquired or wait_ms passed.
+func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.AcquireResponse, error) {
+	deadline := time.Now().Add(time.Duration(in.WaitMs) * time.Millisecond)
+	if dl, ok := ctx.Deadline(); ok && dl.Add(-replyMargin).Before(deadline) {
+		deadline = dl.Add(-replyMargin)
+	}
+	q, w := s.join(in.Name)
+	defer s.leave(q, w)
+
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	var (
+		last    lease
+		lastErr error
+	)
+	var hint uint64
+	for {
+		next := deadline
+		if s.isHead(q, w) {
+			resp, l, err := s.tryAcquire(ctx, in, hint)
+			transient := errors.Is(err, apierr.ErrConflict) || errors.Is(err, apierr.ErrUnavailable)
+			if err != nil && !transient {
+				return nil, err
+			}
+			if resp != nil {
+				return resp, nil
+			}
+			last, lastErr = l, err
+			if err == nil {
+				if t := time.Now().Add(l.remaining(time.Now()) + recheckSlack); t.Before(next) {
+					next = t
+				}
+			} else if t := time.Now().Add(recheckSlack); t.Before(next) {
+				// Lost several CAS races, or JetStream is failing over:
+				// look again soon.
+				next = t
+			}
+		}
+		if !time.Now().Before(deadline) {
+			if errors.Is(lastErr, apierr.ErrUnavailable) {
+				return nil, lastErr
+			}
+			if last.held {
+				return nil, heldError(in.Name, last)
+			}
+			return nil, apierr.Conflict("lock_held", "lock %q was not free within wait_ms %d", in.Name, in.WaitMs)
+		}
+		// Go 1.23+ timers: Reset discards a pending expiry, no drain needed.
+		timer.Reset(max(time.Until(next), 0))
+		hint = 0
+		select {
+		case hint = <-w.wake:
+		case <-timer.C:
+		case <-s.ctx.Done():
+			return nil, apierr.Unavailable("shutting_down", "locker is stopping; retry the acquire")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
