@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/services/locker"
+	"github.com/latchkey/latchkey/services/router"
+	"github.com/latchkey/latchkey/services/storage"
+	"github.com/nats-io/nats.go"
+)
+
+// devStopTimeout bounds the clean shutdown; past it `latchkey dev` gives up
+// waiting on services and shuts the NATS server down anyway.
+const devStopTimeout = 15 * time.Second
+
+func devCmd(ctx context.Context, args []string) error {
+	fs := newFlags("dev", "dev [--listen HOST:PORT] [--data DIR] [--shards N] [--log-level LEVEL]\n\nRuns an embedded NATS server with JetStream and the storage, router and locker\nservices in this process, until Ctrl-C. Data in --data survives restarts.")
+	listen := fs.String("listen", envOr("LATCHKEY_LISTEN", "127.0.0.1:4222"), "address NATS clients connect to ($LATCHKEY_LISTEN)")
+	data := fs.String("data", defaultDataDir(), "directory of the JetStream data")
+	shards := fs.Int("shards", 3, "number of shards")
+	syncAlways := fs.Bool("sync-always", false, "fsync every write (slower; nothing acknowledged is lost on a crash)")
+	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(fs, pos); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return usagef("--log-level: %v", err)
+	}
+	if *shards < 1 {
+		return usagef("--shards must be at least 1, got %d", *shards)
+	}
+	host, portStr, err := net.SplitHostPort(*listen)
+	if err != nil {
+		return usagef("--listen %q: %v", *listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return usagef("--listen %q: port must be a number between 0 and 65535", *listen)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	d := &devDeployment{log: log}
+	if err := d.start(ctx, host, port, *data, *shards, *syncAlways); err != nil {
+		stopCtx, cancel := context.WithTimeout(context.Background(), devStopTimeout)
+		defer cancel()
+		d.stop(stopCtx)
+		return err
+	}
+	printDevBanner(d.url, global.prefix, *data, *shards)
+	<-ctx.Done()
+	log.Info("interrupted, shutting down (press Ctrl-C again to force)")
+	stopCtx, cancel := context.WithTimeout(context.Background(), devStopTimeout)
+	defer cancel()
+	d.stop(stopCtx)
+	log.Info("stopped cleanly")
+	return nil
+}
+
+// devDeployment is everything `latchkey dev` runs, in start order.
+type devDeployment struct {
+	log   *slog.Logger
+	url   string
+	stopS func()     // shuts the NATS server down
+	nc    *nats.Conn // the services' connection
+	stops []devStop  // services, in start order
+}
+
+type devStop struct {
+	name string
+	stop func(context.Context) error
+}
+
+func (d *devDeployment) start(ctx context.Context, host string, port int, dir string, shards int, syncAlways bool) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	d.log.Info("starting NATS with JetStream", "listen", net.JoinHostPort(host, strconv.Itoa(port)), "data", dir)
+	srv, err := natstest.Start(natstest.Options{Host: host, Port: port, StoreDir: dir, Name: "latchkey-dev", SyncAlways: syncAlways})
+	if err != nil {
+		return fmt.Errorf("starting NATS on %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
+	}
+	d.stopS = func() { srv.Shutdown(); srv.WaitForShutdown() }
+	d.url = srv.ClientURL()
+
+	// The services share one in-process connection: no TCP hop, and it
+	// still behaves like any other NATS client.
+	d.nc, err = nats.Connect(d.url, nats.InProcessServer(srv), nats.Name("latchkey-dev"), nats.MaxReconnects(-1))
+	if err != nil {
+		return fmt.Errorf("connecting to the embedded NATS: %w", err)
+	}
+	prefix := global.prefix
+	ids := make([]string, shards)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+
+	d.log.Info("starting storage", "shards", shards)
+	st, err := storage.Start(ctx, d.nc, storage.Config{Prefix: prefix, Shards: ids, Replicas: 1, Logger: d.log.With("component", "storage")})
+	if err != nil {
+		return fmt.Errorf("starting storage: %w", err)
+	}
+	d.stops = append(d.stops, devStop{"storage", st.Stop})
+
+	d.log.Info("starting router")
+	rt, err := router.Start(ctx, d.nc, router.Config{Prefix: prefix, Shards: shards, Replicas: 1, Logger: d.log.With("component", "router")})
+	if err != nil {
+		return fmt.Errorf("starting router: %w", err)
+	}
+	d.stops = append(d.stops, devStop{"router", rt.Stop})
+
+	d.log.Info("starting locker")
+	lk, err := locker.Start(ctx, d.nc, locker.Config{Prefix: prefix, Replicas: 1, Logger: d.log.With("component", "locker")})
+	if err != nil {
+		return fmt.Errorf("starting locker: %w", err)
+	}
+	d.stops = append(d.stops, devStop{"locker", lk.Stop})
+	return nil
+}
+
+// stop undoes start in reverse order: services first (they finish their
+// in-flight requests), then the connection drains, then the server goes.
+func (d *devDeployment) stop(ctx context.Context) {
+	for i := len(d.stops) - 1; i >= 0; i-- {
+		s := d.stops[i]
+		d.log.Info("stopping " + s.name)
+		if err := s.stop(ctx); err != nil {
+			d.log.Warn("stopping "+s.name, "err", err)
+		}
+	}
+	if d.nc != nil {
+		d.log.Info("draining the connection")
+		closed := make(chan struct{})
+		d.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+		if err := d.nc.Drain(); err != nil {
+			// Already closed, or closing: nothing left to drain.
+			d.nc.Close()
+		} else {
+			select {
+			case <-closed:
+			case <-ctx.Done():
+				d.nc.Close()
+			}
+		}
+	}
+	if d.stopS != nil {
+		d.log.Info("shutting NATS down")
+		d.stopS()
+	}
+}
+
+func printDevBanner(url, prefix, dir string, shards int) {
+	subj := subjects.New(prefix)
+	fmt.Printf(`latchkey dev is ready: NATS with JetStream at %s, %d shards, data in %s
+
+Connect:
+  export NATS_URL=%s
+
+Try it with the nats CLI:
+  nats req %s '{"key":"user:42","value":"aGVsbG8="}'
+  nats req %s '{"key":"user:42"}'
+  nats micro ls
+
+or with this CLI:
+  latchkey put user:42 hello && latchkey get user:42
+
+Press Ctrl-C to stop.
+`, url, shards, dir, url, subj.Public(subjects.KVPut), subj.Public(subjects.KVGet))
+}
+
+// defaultDataDir keeps dev data in the user's cache directory, where it
+// survives restarts without littering the working directory.
+func defaultDataDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "latchkey", "dev")
+	}
+	return ".latchkey"
+}
