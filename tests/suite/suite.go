@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/services/locker"
 	"github.com/latchkey/latchkey/services/router"
 	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
@@ -26,6 +27,7 @@ type Options struct {
 type Suite struct {
 	Storage *storage.Server
 	Router  *router.Server
+	Locker  *locker.Server
 	stops   []func(context.Context) error
 }
 
@@ -38,7 +40,8 @@ func ShardIDs(n int) []string {
 	return ids
 }
 
-// Start starts one storage instance serving every shard and one router.
+// Start starts one storage instance serving every shard, one router and
+// one locker.
 func Start(ctx context.Context, nc *nats.Conn, o Options) (*Suite, error) {
 	if o.Shards == 0 {
 		o.Shards = 3
@@ -61,6 +64,13 @@ func Start(ctx context.Context, nc *nats.Conn, o Options) (*Suite, error) {
 	}
 	s.Router = rt
 	s.stops = append(s.stops, rt.Stop)
+	lk, err := locker.Start(ctx, nc, locker.Config{Prefix: o.Prefix, Replicas: o.Replicas, Logger: log})
+	if err != nil {
+		s.Stop(ctx)
+		return nil, fmt.Errorf("locker: %w", err)
+	}
+	s.Locker = lk
+	s.stops = append(s.stops, lk.Stop)
 	return s, nil
 }
 
