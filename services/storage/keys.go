@@ -1,0 +1,142 @@
+package storage
+
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/limits"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+)
+
+// barrierToken is the subject token of scan barriers. '=' lies outside the
+// key encoding's alphabet, so it can never collide with a stored key.
+const barrierToken = "=sync"
+
+// Headers written and read on every stored message.
+const (
+	hdrFences      = "Latchkey-Fences"
+	hdrKVOperation = jskv.HeaderKVOperation
+	hdrTTL         = jskv.HeaderTTL
+	hdrExpectSubj  = jskv.HeaderExpectedLastSubjectSeq
+	kvOpDelete     = "DEL"
+)
+
+// User keys may hold any character, but a KV subject token may not hold
+// '.', '*', '>' or whitespace. Every key is therefore stored under
+// jskv.EncodeKey, the unpadded URL-safe base64 of its bytes: one token from
+// [A-Za-z0-9_-], reversible, and never empty because keys are never empty.
+// The order of encoded tokens does not matter: the view sorts decoded keys.
+func encodeKey(key string) string { return jskv.EncodeKey(key) }
+
+var errNotKey = errors.New("subject token is not an encoded key")
+
+func decodeKey(token string) (string, error) {
+	if token == "" || token == barrierToken {
+		return "", errNotKey
+	}
+	key, err := jskv.DecodeKey(token)
+	if err != nil {
+		return "", errNotKey
+	}
+	return key, nil
+}
+
+// isLive reports whether a stored message is a value rather than a delete
+// marker, a purge marker, or a marker the server left when a TTL expired.
+func isLive(h nats.Header) bool { return !jskv.IsDeleteMarker(h) }
+
+// ttlSeconds turns ttl_ms into the whole seconds of a Nats-TTL header,
+// rounding up: the server's expiry has second granularity and a key must
+// never disappear before its ttl.
+func ttlSeconds(ms int64) string { return jskv.TTLHeader(ms) }
+
+// fences is the decoded Latchkey-Fences header of one stored message: the
+// highest token per lock under which the key was written or deleted.
+type fences map[string]uint64
+
+// parseFences reads a Latchkey-Fences header. A header that cannot be read
+// is an internal error: silently dropping it would drop the protection.
+func parseFences(h string) (fences, error) {
+	if h == "" {
+		return nil, nil
+	}
+	raw, err := base64.StdEncoding.DecodeString(h)
+	if err != nil {
+		return nil, apierr.New(apierr.ErrInternal, "bad_fences", "stored fences header is not base64: %v", err)
+	}
+	fs := &pb.FenceSet{}
+	if err := proto.Unmarshal(raw, fs); err != nil {
+		return nil, apierr.New(apierr.ErrInternal, "bad_fences", "stored fences header is not a FenceSet: %v", err)
+	}
+	return fs.Tokens, nil
+}
+
+// formatFences is the inverse of parseFences; deterministic, so equal sets
+// give equal headers.
+func formatFences(f fences) string {
+	if len(f) == 0 {
+		return ""
+	}
+	raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.FenceSet{Tokens: f})
+	return base64.StdEncoding.EncodeToString(raw)
+}
+
+// checkFence applies a write's fence to the key's stored fences. It returns
+// the header the new message must carry, or a stale_fence conflict. An
+// unfenced write carries the stored header forward unchanged.
+func checkFence(stored string, f *pb.Fence) (string, error) {
+	if f == nil {
+		return stored, nil
+	}
+	fs, err := parseFences(stored)
+	if err != nil {
+		return "", err
+	}
+	if cur := fs[f.Lock]; cur > f.Token {
+		return "", apierr.Conflict("stale_fence",
+			"stale fence: the key was written under token %d of lock %q, newer than token %d", cur, f.Lock, f.Token)
+	} else if cur == f.Token {
+		return stored, nil
+	}
+	next := make(fences, len(fs)+1)
+	for k, v := range fs {
+		next[k] = v
+	}
+	next[f.Lock] = f.Token
+	return formatFences(next), nil
+}
+
+// fenceRaises reports whether writing under f would raise the stored token.
+func fenceRaises(stored string, f *pb.Fence) bool {
+	if f == nil {
+		return false
+	}
+	fs, err := parseFences(stored)
+	return err == nil && fs[f.Lock] < f.Token
+}
+
+func validateFence(f *pb.Fence) error {
+	if f == nil {
+		return nil
+	}
+	if err := limits.LockName("fence.lock", f.Lock); err != nil {
+		return err
+	}
+	if f.Token == 0 {
+		return apierr.Invalid("invalid_fence", "fence.token must be greater than 0 (a token from lock.acquire)")
+	}
+	return nil
+}
+
+// subjectToken returns the last token of a stored message's subject.
+func subjectToken(subject string) string {
+	if i := strings.LastIndexByte(subject, '.'); i >= 0 {
+		return subject[i+1:]
+	}
+	return subject
+}

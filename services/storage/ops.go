@@ -1,0 +1,183 @@
+package storage
+
+import (
+	"context"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/codec"
+	"github.com/latchkey/latchkey/kit/limits"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// Shard operations, as in subjects.Set.Shard.
+const (
+	OpGet    = "get"
+	OpPut    = "put"
+	OpDelete = "delete"
+	OpScan   = "scan"
+)
+
+// scanBudgetSlack keeps a scan reply well under the server's max_payload.
+const scanBudgetSlack = 64 << 10
+
+func (sh *shard) endpoints(subj subjects.Set) []service.Endpoint {
+	ops := []struct {
+		op string
+		fn service.Func
+	}{{OpGet, sh.get}, {OpPut, sh.put}, {OpDelete, sh.delete}, {OpScan, sh.scan}}
+	eps := make([]service.Endpoint, 0, len(ops))
+	for _, o := range ops {
+		eps = append(eps, service.Endpoint{
+			Name:       "shard-" + sh.id + "-" + o.op,
+			Subject:    subj.Shard(sh.id, o.op),
+			Func:       o.fn,
+			QueueGroup: "latchkey-shard-" + sh.id,
+		})
+	}
+	return eps
+}
+
+// DecodeRequest reads and validates the body of a shard request for op
+// (OpGet, OpPut, OpDelete or OpScan) with the given value limit (0 means
+// limits.DefaultMaxValue). Failures are *apierr.Error 400s and 413s.
+func DecodeRequest(op string, data []byte, asJSON bool, maxValue int) (proto.Message, error) {
+	if maxValue <= 0 {
+		maxValue = limits.DefaultMaxValue
+	}
+	var m proto.Message
+	switch op {
+	case OpGet:
+		m = &pb.GetRequest{}
+	case OpPut:
+		m = &pb.PutRequest{}
+	case OpDelete:
+		m = &pb.DeleteRequest{}
+	case OpScan:
+		m = &pb.ScanRequest{}
+	default:
+		return nil, apierr.Invalid("unknown_op", "unknown shard operation %q", op)
+	}
+	if err := codec.Decode(data, asJSON, m); err != nil {
+		return nil, err
+	}
+	return m, Validate(m, maxValue)
+}
+
+// Validate checks a decoded shard request against the API limits.
+func Validate(m proto.Message, maxValue int) error {
+	switch r := m.(type) {
+	case *pb.GetRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		if _, ok := pb.Consistency_name[int32(r.Consistency)]; !ok {
+			return apierr.Invalid("invalid_consistency",
+				"consistency %d is unknown; use CONSISTENCY_LINEARIZABLE or CONSISTENCY_STALE", r.Consistency)
+		}
+	case *pb.PutRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		if err := limits.Value(r.Value, maxValue); err != nil {
+			return err
+		}
+		if err := limits.TTL("ttl_ms", r.TtlMs, true); err != nil {
+			return err
+		}
+		return validateFence(r.Fence)
+	case *pb.DeleteRequest:
+		if err := limits.Key("key", r.Key, false); err != nil {
+			return err
+		}
+		return validateFence(r.Fence)
+	case *pb.ScanRequest:
+		if err := limits.Key("prefix", r.Prefix, true); err != nil {
+			return err
+		}
+		if err := limits.Key("after", r.After, true); err != nil {
+			return err
+		}
+		_, err := limits.ScanLimit(r.Limit)
+		return err
+	}
+	return nil
+}
+
+func (sh *shard) decode(req *service.Request, op string) (proto.Message, error) {
+	return DecodeRequest(op, req.Msg.Data, req.JSON, sh.maxValue)
+}
+
+func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, error) {
+	m, err := sh.decode(req, OpGet)
+	if err != nil {
+		return nil, err
+	}
+	r := m.(*pb.GetRequest)
+	if r.Consistency == pb.Consistency_CONSISTENCY_STALE {
+		if !sh.healthy.Load() {
+			return nil, apierr.Unavailable("view_stale",
+				"shard %s: this instance lost contact with its stream; stale reads are refused until it is back", sh.id)
+		}
+		v, seq, ok := sh.view.get(r.Key)
+		if !ok {
+			return &pb.GetResponse{Key: r.Key}, nil
+		}
+		return &pb.GetResponse{Found: true, Key: r.Key, Value: v, Revision: seq}, nil
+	}
+	b, err := sh.leaderRead(ctx, r.Key)
+	if err != nil {
+		return nil, err
+	}
+	sh.view.remember(r.Key, b)
+	if !b.live {
+		return &pb.GetResponse{Key: r.Key}, nil
+	}
+	return &pb.GetResponse{Found: true, Key: r.Key, Value: b.value, Revision: b.seq}, nil
+}
+
+func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, error) {
+	m, err := sh.decode(req, OpPut)
+	if err != nil {
+		return nil, err
+	}
+	r := m.(*pb.PutRequest)
+	res, err := sh.apply(ctx, &write{key: r.Key, value: r.Value, ttlMs: r.TtlMs, expected: r.ExpectedRevision, fence: r.Fence})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PutResponse{Revision: res.seq}, nil
+}
+
+func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Message, error) {
+	m, err := sh.decode(req, OpDelete)
+	if err != nil {
+		return nil, err
+	}
+	r := m.(*pb.DeleteRequest)
+	res, err := sh.apply(ctx, &write{key: r.Key, del: true, expected: r.ExpectedRevision, fence: r.Fence})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.DeleteResponse{Deleted: res.wrote && res.was, Revision: res.seq}, nil
+}
+
+func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message, error) {
+	m, err := sh.decode(req, OpScan)
+	if err != nil {
+		return nil, err
+	}
+	r := m.(*pb.ScanRequest)
+	limit, _ := limits.ScanLimit(r.Limit)
+	if err := sh.sync(ctx); err != nil {
+		return nil, err
+	}
+	budget := int(sh.nc.MaxPayload()) - scanBudgetSlack
+	if req.JSON {
+		budget /= 2 // base64 values and escaped keys grow in protojson
+	}
+	items, more := sh.view.scan(r.Prefix, r.After, limit, budget)
+	return &pb.ScanResponse{Items: items, More: more}, nil
+}

@@ -1,0 +1,469 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// LimitMarkerTTL is how long the server keeps the marker it writes when a
+// key's TTL expires. Views learn of expiries from these markers, so a view
+// whose consumer stalls for longer than this may miss one; the monitor
+// resumes stalled views much sooner.
+const LimitMarkerTTL = 15 * time.Minute
+
+const (
+	maxWriteAttempts = 16
+	monitorInterval  = 5 * time.Second
+	probeTimeout     = 3 * time.Second
+)
+
+// shard serves one shard id from one KV bucket.
+type shard struct {
+	id       string
+	bucket   string
+	stream   string
+	subjPfx  string // "$KV.<bucket>."
+	msgGet   string // leader read API subject
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	log      *slog.Logger
+	maxValue int
+
+	view    *view
+	locks   keyLocks
+	barrier barrier
+	healthy atomic.Bool
+
+	ccMu sync.Mutex
+	cc   jetstream.ConsumeContext
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, bucket string, cfg Config) (*shard, error) {
+	sh := &shard{
+		id:       id,
+		bucket:   bucket,
+		stream:   "KV_" + bucket,
+		subjPfx:  "$KV." + bucket + ".",
+		nc:       nc,
+		js:       js,
+		log:      cfg.Logger.With("shard", id, "bucket", bucket),
+		maxValue: cfg.MaxValueBytes,
+		view:     newView(),
+		done:     make(chan struct{}),
+	}
+	sh.msgGet = "$JS.API.STREAM.MSG.GET." + sh.stream
+	sh.barrier.publish = sh.publishBarrier
+	if err := sh.createBucket(ctx, cfg.Replicas); err != nil {
+		return nil, err
+	}
+	if err := sh.startConsumer(ctx, 0); err != nil {
+		return nil, err
+	}
+	if err := sh.sync(ctx); err != nil {
+		sh.stopConsumer()
+		return nil, fmt.Errorf("storage: load view of %s: %w", bucket, err)
+	}
+	sh.healthy.Store(true)
+	mctx, cancel := context.WithCancel(context.Background())
+	sh.stop = cancel
+	go sh.monitor(mctx)
+	return sh, nil
+}
+
+// createBucket creates the shard's bucket or brings an existing one to the
+// configuration below. A cluster that is still forming answers "no
+// suitable peers" or not at all for a while, so failures are retried until
+// ctx ends; the last error is returned.
+func (sh *shard) createBucket(ctx context.Context, replicas int) error {
+	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := sh.js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
+			Bucket:         sh.bucket,
+			Description:    "latchkey shard " + sh.id,
+			History:        1,
+			Replicas:       replicas,
+			Storage:        jetstream.FileStorage,
+			LimitMarkerTTL: LimitMarkerTTL,
+		})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		sh.log.Warn("cannot create bucket yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("storage: create bucket %s: %w", sh.bucket, err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// startConsumer feeds the view from an ordered consumer: from the last
+// message of every key at first, from start after a stall.
+func (sh *shard) startConsumer(ctx context.Context, start uint64) error {
+	occ := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{sh.subjPfx + ">"},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	}
+	if start > 0 {
+		occ.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		occ.OptStartSeq = start
+	}
+	cons, err := sh.js.OrderedConsumer(ctx, sh.stream, occ)
+	if err != nil {
+		return fmt.Errorf("storage: consumer on %s: %w", sh.stream, err)
+	}
+	// Short heartbeats: a consumer lost with a server is noticed and
+	// recreated within about two seconds, which bounds how long scans wait.
+	cc, err := cons.Consume(sh.onMsg, jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		sh.log.Debug("view consumer", "err", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("storage: consume %s: %w", sh.stream, err)
+	}
+	sh.ccMu.Lock()
+	old := sh.cc
+	sh.cc = cc
+	sh.ccMu.Unlock()
+	if old != nil {
+		old.Stop()
+	}
+	return nil
+}
+
+func (sh *shard) stopConsumer() {
+	sh.ccMu.Lock()
+	defer sh.ccMu.Unlock()
+	if sh.cc != nil {
+		sh.cc.Stop()
+		sh.cc = nil
+	}
+}
+
+func (sh *shard) onMsg(m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	h := m.Headers()
+	key, err := decodeKey(subjectToken(m.Subject()))
+	sh.view.apply(key, err == nil, md.Sequence.Stream, isLive(h), m.Data(), h.Get(hdrFences))
+}
+
+// monitor checks an idle view's contact with its stream by a barrier, marks
+// the view unhealthy (stale reads refused) when that fails, and restarts a
+// consumer that stopped delivering: ordered consumers have been seen not to
+// resume after reconnects.
+func (sh *shard) monitor(ctx context.Context) {
+	defer close(sh.done)
+	t := time.NewTicker(monitorInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Since(sh.view.lastProgress()) < monitorInterval && sh.healthy.Load() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		seq, err := sh.barrier.get(pctx)
+		if err == nil {
+			err = sh.view.wait(pctx, seq)
+			if err != nil && ctx.Err() == nil {
+				applied := sh.view.appliedSeq()
+				sh.log.Warn("view stalled; restarting its consumer", "applied", applied, "barrier", seq)
+				rctx, rcancel := context.WithTimeout(ctx, probeTimeout)
+				rerr := sh.startConsumer(rctx, applied+1)
+				rcancel()
+				if rerr != nil {
+					sh.log.Warn("view consumer restart failed", "err", rerr)
+				}
+			}
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if sh.healthy.Swap(err == nil) != (err == nil) {
+			sh.log.Info("view health changed", "healthy", err == nil, "err", err)
+		}
+	}
+}
+
+func (sh *shard) close() {
+	if sh.stop != nil {
+		sh.stop()
+		<-sh.done
+	}
+	sh.stopConsumer()
+}
+
+// sync waits until the view has applied every message acknowledged before
+// sync was called.
+func (sh *shard) sync(ctx context.Context) error {
+	seq, err := sh.barrier.get(ctx)
+	if err != nil {
+		return err
+	}
+	if err := sh.view.wait(ctx, seq); err != nil {
+		return apierr.Unavailable("view_behind", "shard %s: the view did not catch up with the stream in time", sh.id)
+	}
+	return nil
+}
+
+func (sh *shard) publishBarrier(ctx context.Context) (uint64, error) {
+	ack, err := sh.js.PublishMsg(ctx, &nats.Msg{Subject: sh.subjPfx + barrierToken})
+	if err != nil {
+		return 0, unavailable(sh.id, "scan barrier", err)
+	}
+	return ack.Sequence, nil
+}
+
+// barrier hands out stream sequences that were assigned after the caller
+// arrived. Callers arriving while a barrier message is in flight share the
+// next one, so a burst of scans costs one publish per round trip.
+type barrier struct {
+	publish func(context.Context) (uint64, error)
+	mu      sync.Mutex
+	next    *flight
+	running bool
+}
+
+type flight struct {
+	done chan struct{}
+	seq  uint64
+	err  error
+}
+
+func (b *barrier) get(ctx context.Context) (uint64, error) {
+	b.mu.Lock()
+	if b.next == nil {
+		b.next = &flight{done: make(chan struct{})}
+	}
+	f := b.next
+	if !b.running {
+		b.running = true
+		go b.run()
+	}
+	b.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.seq, f.err
+	case <-ctx.Done():
+		return 0, apierr.Unavailable("timeout", "scan barrier not acknowledged in time")
+	}
+}
+
+func (b *barrier) run() {
+	for {
+		b.mu.Lock()
+		f := b.next
+		b.next = nil
+		if f == nil {
+			b.running = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		f.seq, f.err = b.publish(ctx)
+		cancel()
+		close(f.done)
+	}
+}
+
+// leaderRead returns the key's current message as the stream leader has
+// it. Direct gets are not used: followers may answer them with stale data.
+// While the stream has no leader (no responders, timeouts, 503s) the read
+// is retried until ctx ends: a read changes nothing.
+func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
+	subject := sh.subjPfx + encodeKey(key)
+	for wait := 25 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		m, found, err := jskv.LeaderGet(actx, sh.nc, sh.stream, subject)
+		cancel()
+		switch {
+		case err == nil && !found:
+			return base{}, nil
+		case err == nil:
+			b := base{seq: m.Seq, live: isLive(m.Header), fences: m.Header.Get(hdrFences)}
+			if b.live {
+				b.value = m.Data
+			}
+			return b, nil
+		}
+		select {
+		case <-ctx.Done():
+			return base{}, unavailable(sh.id, "leader read", err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// write is one put or delete.
+type write struct {
+	key      string
+	del      bool
+	value    []byte
+	ttlMs    int64
+	expected *uint64
+	fence    *pb.Fence
+}
+
+// writeResult is the outcome of a write: wrote is false for a delete that
+// found nothing to delete; seq is the key's revision afterwards.
+type writeResult struct {
+	seq   uint64
+	wrote bool
+	was   bool // the key held a value before the write
+}
+
+// plan checks the write's preconditions against cur and returns the fences
+// header of the new message, or skip for a delete with nothing to do.
+func (w *write) plan(cur base) (fencesHdr string, skip bool, err error) {
+	if fencesHdr, err = checkFence(cur.fences, w.fence); err != nil {
+		return "", false, err
+	}
+	if w.expected != nil {
+		exp := *w.expected
+		if exp == 0 && cur.live {
+			return "", false, apierr.Conflict("revision_mismatch",
+				"revision mismatch: expected the key to be absent, it is at revision %d", cur.seq)
+		}
+		if exp != 0 && (!cur.live || cur.seq != exp) {
+			if !cur.live {
+				return "", false, apierr.Conflict("revision_mismatch",
+					"revision mismatch: expected revision %d, the key is absent", exp)
+			}
+			return "", false, apierr.Conflict("revision_mismatch",
+				"revision mismatch: expected revision %d, the key is at %d", exp, cur.seq)
+		}
+	}
+	// Deleting an absent key writes nothing, unless the write's fence must
+	// be recorded so that older holders are refused from now on.
+	if w.del && !cur.live && !fenceRaises(cur.fences, w.fence) {
+		return "", true, nil
+	}
+	return fencesHdr, false, nil
+}
+
+// apply runs the write as a publish conditioned on the key's current
+// message, so that checking preconditions and fences and writing are one
+// atomic step; a lost race means a fresh leader read and another try.
+func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
+	unlock, err := sh.locks.lock(ctx, w.key)
+	if err != nil {
+		return writeResult{}, apierr.Unavailable("timeout", "shard %s: write queued too long", sh.id)
+	}
+	defer unlock()
+	subj := sh.subjPfx + encodeKey(w.key)
+	cur, authoritative := sh.view.guess(w.key), false
+	refresh := func() error {
+		b, err := sh.leaderRead(ctx, w.key)
+		if err != nil {
+			return err
+		}
+		cur, authoritative = b, true
+		return nil
+	}
+	for attempt := 0; attempt < maxWriteAttempts; attempt++ {
+		fencesHdr, skip, err := w.plan(cur)
+		if err != nil || skip {
+			if !authoritative {
+				if err := refresh(); err != nil {
+					return writeResult{}, err
+				}
+				continue
+			}
+			if err != nil {
+				return writeResult{}, err
+			}
+			return writeResult{seq: cur.seq}, nil
+		}
+		msg := &nats.Msg{Subject: subj, Header: nats.Header{}}
+		msg.Header.Set(hdrExpectSubj, strconv.FormatUint(cur.seq, 10))
+		if fencesHdr != "" {
+			msg.Header.Set(hdrFences, fencesHdr)
+		}
+		if w.del {
+			msg.Header.Set(hdrKVOperation, kvOpDelete)
+		} else {
+			msg.Data = w.value
+			if w.ttlMs > 0 {
+				msg.Header.Set(hdrTTL, ttlSeconds(w.ttlMs))
+			}
+		}
+		ack, err := sh.js.PublishMsg(ctx, msg)
+		if err == nil {
+			sh.view.remember(w.key, base{seq: ack.Sequence, live: !w.del, fences: fencesHdr})
+			return writeResult{seq: ack.Sequence, wrote: true, was: cur.live}, nil
+		}
+		switch {
+		case isWrongLastSequence(err):
+		case errors.Is(err, jetstream.ErrNoStreamResponse), isNotReady(err):
+			// Nothing was written (nobody received the message, or a new
+			// leader cannot check the condition yet): wait and try again.
+			select {
+			case <-ctx.Done():
+				return writeResult{}, unavailable(sh.id, "write", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		default:
+			// A timeout is ambiguous (the write may have landed): retrying
+			// could apply it twice, so the caller hears 503 and decides.
+			return writeResult{}, unavailable(sh.id, "write", err)
+		}
+		if err := refresh(); err != nil {
+			return writeResult{}, err
+		}
+		sh.view.remember(w.key, cur)
+	}
+	return writeResult{}, apierr.Unavailable("contention",
+		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
+}
+
+func isWrongLastSequence(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+// isNotReady reports JetStream's "expected last sequence per subject
+// temporarily unavailable" (10163), seen right after a leader change: the
+// message was refused unwritten.
+func isNotReady(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) && ae.ErrorCode == 10163
+}
+
+// unavailable wraps a JetStream failure as a 503, keeping *apierr.Errors.
+func unavailable(shardID, what string, err error) error {
+	var ae *apierr.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return apierr.Unavailable("timeout", "shard %s: %s timed out: JetStream did not answer in time", shardID, what)
+	}
+	return apierr.Unavailable("jetstream", "shard %s: %s failed: %v", shardID, what, err)
+}

@@ -1,0 +1,115 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+
+	"github.com/latchkey/latchkey/kit/limits"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ServiceName is the micro service name of shard instances.
+const ServiceName = "latchkey-storage"
+
+// Version is reported in the micro service info.
+const Version = "0.1.0"
+
+// Config configures a storage instance.
+type Config struct {
+	Prefix        string       // subject prefix; "" = "latchkey"
+	Shards        []string     // shard ids this instance serves, e.g. {"0","1","2"}
+	Replicas      int          // JetStream replicas of shard buckets (1 single server, 3 cluster); 0 = 1
+	MaxValueBytes int          // 0 = limits.DefaultMaxValue
+	Logger        *slog.Logger // nil = slog.Default()
+}
+
+// Server is a running storage instance.
+type Server struct {
+	svc    *service.Service
+	shards []*shard
+	log    *slog.Logger
+}
+
+// ErrConfig is returned by Start for an unusable Config.
+var ErrConfig = errors.New("storage: bad config")
+
+var shardID = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// Start creates or opens the bucket of every shard in cfg, loads each
+// shard's view up to the stream's current end, and then registers the
+// micro service "latchkey-storage". It returns when the instance is ready
+// to serve.
+func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.MaxValueBytes <= 0 {
+		cfg.MaxValueBytes = limits.DefaultMaxValue
+	}
+	if len(cfg.Shards) == 0 {
+		return nil, fmt.Errorf("%w: no shards to serve", ErrConfig)
+	}
+	seen := map[string]bool{}
+	for _, id := range cfg.Shards {
+		if !shardID.MatchString(id) {
+			return nil, fmt.Errorf("%w: shard id %q must match %s", ErrConfig, id, shardID)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("%w: shard id %q listed twice", ErrConfig, id)
+		}
+		seen[id] = true
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	subj := subjects.New(cfg.Prefix)
+	s := &Server{log: cfg.Logger}
+	var eps []service.Endpoint
+	for _, id := range cfg.Shards {
+		sh, err := openShard(ctx, nc, js, id, subj.ShardBucket(id), cfg)
+		if err != nil {
+			s.closeShards()
+			return nil, err
+		}
+		s.shards = append(s.shards, sh)
+		eps = append(eps, sh.endpoints(subj)...)
+	}
+	s.svc, err = service.Start(nc, service.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "latchkey shard storage",
+		Metadata:    map[string]string{"shards": strings.Join(cfg.Shards, ",")},
+		Logger:      cfg.Logger,
+	}, eps...)
+	if err != nil {
+		s.closeShards()
+		return nil, err
+	}
+	cfg.Logger.Info("storage ready", "shards", cfg.Shards, "replicas", cfg.Replicas)
+	return s, nil
+}
+
+// Stop stops taking requests, answers those in flight (up to ctx), and
+// stops the views' consumers. The data stays in JetStream.
+func (s *Server) Stop(ctx context.Context) error {
+	err := s.svc.Stop(ctx)
+	s.closeShards()
+	return err
+}
+
+func (s *Server) closeShards() {
+	for _, sh := range s.shards {
+		sh.close()
+	}
+}

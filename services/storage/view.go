@@ -1,0 +1,262 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/google/btree"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+)
+
+// entry is one key of a shard's in-memory view. Entries are stored by value
+// in the B-tree and kept small (40 bytes): key, fences header and value
+// share one allocation. Deleted and expired keys stay as tombstones
+// (live=false) because their sequence and fences are the base of the next
+// conditional write.
+type entry struct {
+	kv   []byte // key, then Latchkey-Fences header, then value; never modified once stored
+	seq  uint64 // stream sequence of the key's current message
+	flen uint32
+	klen uint16
+	live bool
+}
+
+func newEntry(key string, seq uint64, live bool, value []byte, fences string) entry {
+	kv := make([]byte, len(key)+len(fences)+len(value))
+	n := copy(kv, key)
+	n += copy(kv[n:], fences)
+	copy(kv[n:], value)
+	return entry{kv: kv, seq: seq, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
+}
+
+func (e *entry) key() []byte    { return e.kv[:e.klen] }
+func (e *entry) fences() string { return string(e.kv[e.klen : uint32(e.klen)+e.flen]) }
+func (e *entry) value() []byte  { return e.kv[uint32(e.klen)+e.flen:] }
+
+func lessEntry(a, b entry) bool { return string(a.kv[:a.klen]) < string(b.kv[:b.klen]) }
+
+// probe builds a lookup entry over key's bytes without copying them; it
+// must not be stored.
+func probe(key string) entry {
+	return entry{kv: unsafe.Slice(unsafe.StringData(key), len(key)), klen: uint16(len(key))}
+}
+
+// base is what a conditional write needs to know about a key's current
+// message: its sequence (0 = no message), whether it is a value, and its
+// fences.
+type base struct {
+	seq    uint64
+	live   bool
+	fences string
+	value  []byte
+}
+
+// maxPending bounds the write-base overlay if the view stops advancing.
+const maxPending = 1 << 16
+
+// view is a shard's key space as of stream sequence applied: an ordered
+// consumer feeds it every message in stream order, so the tree is always a
+// consistent cut of the stream, which is what makes a scan after a barrier
+// linearizable. Results of this instance's own writes and leader reads do
+// not enter the tree (that would break the cut); they go to pending, an
+// overlay used only as the base of the next write on the same key, dropped
+// once the consumer has caught up with them.
+type view struct {
+	mu       sync.RWMutex
+	tree     *btree.BTreeG[entry]
+	applied  uint64
+	progress time.Time // when the consumer last delivered a message
+	pending  map[string]base
+	waiters  int
+	notify   chan struct{}
+}
+
+func newView() *view {
+	return &view{
+		tree:     btree.NewG(32, lessEntry),
+		pending:  make(map[string]base),
+		notify:   make(chan struct{}),
+		progress: time.Now(),
+	}
+}
+
+// apply records one message delivered by the consumer. Ordered consumers
+// may deliver a message again after a reset; older sequences are ignored.
+// key is ok=false for messages that are not keys (scan barriers).
+func (v *view) apply(key string, isKey bool, seq uint64, live bool, value []byte, fences string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.progress = time.Now()
+	if isKey {
+		old, found := v.tree.Get(probe(key))
+		if !found || seq > old.seq {
+			v.tree.ReplaceOrInsert(newEntry(key, seq, live, value, fences))
+		}
+		if p, ok := v.pending[key]; ok && p.seq <= seq {
+			delete(v.pending, key)
+		}
+	}
+	if seq > v.applied {
+		v.applied = seq
+		if v.waiters > 0 {
+			close(v.notify)
+			v.notify = make(chan struct{})
+		}
+	}
+}
+
+// remember records the result of a write or leader read as the base of the
+// next write on key, unless the tree already knows something newer.
+func (v *view) remember(key string, b base) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if e, ok := v.tree.Get(probe(key)); ok && e.seq >= b.seq {
+		return
+	}
+	if p, ok := v.pending[key]; ok && p.seq >= b.seq {
+		return
+	}
+	if len(v.pending) >= maxPending {
+		return
+	}
+	b.value = nil
+	v.pending[key] = b
+}
+
+// guess returns the freshest base this instance knows for key; it may be
+// stale, so writes are conditional on it and fall back to a leader read.
+func (v *view) guess(key string) base {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	var b base
+	if e, ok := v.tree.Get(probe(key)); ok {
+		b = base{seq: e.seq, live: e.live, fences: e.fences()}
+	}
+	if p, ok := v.pending[key]; ok && p.seq > b.seq {
+		b = p
+	}
+	return b
+}
+
+// get answers a stale read from the tree.
+func (v *view) get(key string) (value []byte, seq uint64, found bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	e, ok := v.tree.Get(probe(key))
+	if !ok || !e.live {
+		return nil, 0, false
+	}
+	return e.value(), e.seq, true
+}
+
+// lastProgress says when the consumer last delivered a message.
+func (v *view) lastProgress() time.Time {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.progress
+}
+
+func (v *view) appliedSeq() uint64 {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.applied
+}
+
+// wait blocks until the view has applied stream sequence seq.
+func (v *view) wait(ctx context.Context, seq uint64) error {
+	v.mu.Lock()
+	for v.applied < seq {
+		ch := v.notify
+		v.waiters++
+		v.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			v.mu.Lock()
+			v.waiters--
+			v.mu.Unlock()
+			return ctx.Err()
+		}
+		v.mu.Lock()
+		v.waiters--
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+// scan returns up to limit live keys with prefix that sort after after,
+// keeping the page under budget bytes (at least one item), and whether
+// more such keys follow.
+func (v *view) scan(prefix, after string, limit, budget int) (items []*pb.Item, more bool) {
+	start := prefix
+	if after > start {
+		start = after
+	}
+	pfx := []byte(prefix)
+	size := 0
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	v.tree.AscendGreaterOrEqual(probe(start), func(e entry) bool {
+		k := e.key()
+		if !bytes.HasPrefix(k, pfx) {
+			return false
+		}
+		if !e.live || string(k) == after {
+			return true
+		}
+		n := len(e.kv) + 24
+		if len(items) == limit || (len(items) > 0 && size+n > budget) {
+			more = true
+			return false
+		}
+		size += n
+		items = append(items, &pb.Item{Key: string(k), Value: e.value(), Revision: e.seq})
+		return true
+	})
+	return items, more
+}
+
+// keyLocks serialises this instance's writes to one key, so concurrent
+// writers of a hot key queue here instead of failing each other's
+// conditional publishes. Other instances still race; the condition on the
+// stream keeps that correct.
+type keyLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyLock
+}
+
+type keyLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+func (k *keyLocks) lock(ctx context.Context, key string) (func(), error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = make(map[string]*keyLock)
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyLock{ch: make(chan struct{}, 1)}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
+	release := func() {
+		k.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+	select {
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+}
