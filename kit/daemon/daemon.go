@@ -89,12 +89,16 @@ type Stopper interface{ Stop(context.Context) error }
 // StartFunc starts a service on a connected nc.
 type StartFunc func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (Stopper, error)
 
-// Main parses args into fs (which must hold the Common flags), runs the
-// service started by start until SIGINT or SIGTERM, stops it gracefully
-// and exits non-zero on failure.
-func Main(name string, fs *flag.FlagSet, c *Common, args []string, start StartFunc) {
+// Main parses args into fs (which must hold the Common flags), lets check
+// (if not nil) refuse bad flags before anything connects, runs the service
+// started by start until SIGINT or SIGTERM, stops it gracefully and exits
+// non-zero on failure.
+func Main(name string, fs *flag.FlagSet, c *Common, args []string, check func() error, start StartFunc) {
 	_ = fs.Parse(args)
 	log, err := Logger(c.LogLevel, c.LogFormat)
+	if err == nil && check != nil {
+		err = check()
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(2)

@@ -20,7 +20,7 @@ func main() {
 	fs := flag.NewFlagSet(locker.ServiceName, flag.ExitOnError)
 	common := daemon.Flags(fs)
 	replicas := fs.Int("replicas", daemon.EnvInt("LATCHKEY_REPLICAS", 1), "JetStream replicas of the lock bucket (LATCHKEY_REPLICAS)")
-	daemon.Main(locker.ServiceName, fs, common, os.Args[1:], func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
+	daemon.Main(locker.ServiceName, fs, common, os.Args[1:], nil, func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
 		return locker.Start(ctx, nc, locker.Config{Prefix: common.Prefix, Replicas: *replicas, Logger: log})
 	})
 }

@@ -25,16 +25,19 @@ func main() {
 	shards := fs.String("shards", daemon.Env("LATCHKEY_SHARDS", ""), "comma-separated shard ids to serve, e.g. 0,1,2; required (LATCHKEY_SHARDS)")
 	replicas := fs.Int("replicas", daemon.EnvInt("LATCHKEY_REPLICAS", 1), "JetStream replicas of the shard buckets (LATCHKEY_REPLICAS)")
 	maxValue := fs.Int("max-value", daemon.EnvInt("LATCHKEY_MAX_VALUE", 0), "largest value in bytes; 0 means 512 KiB (LATCHKEY_MAX_VALUE)")
-	daemon.Main(storage.ServiceName, fs, common, os.Args[1:], func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
-		var ids []string
+	var ids []string
+	check := func() error {
 		for _, id := range strings.Split(*shards, ",") {
 			if id = strings.TrimSpace(id); id != "" {
 				ids = append(ids, id)
 			}
 		}
 		if len(ids) == 0 {
-			return nil, fmt.Errorf("--shards (LATCHKEY_SHARDS) is required: the shard ids this instance serves, e.g. 0,1,2")
+			return fmt.Errorf("--shards (LATCHKEY_SHARDS) is required: the shard ids this instance serves, e.g. 0,1,2")
 		}
+		return nil
+	}
+	daemon.Main(storage.ServiceName, fs, common, os.Args[1:], check, func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
 		return storage.Start(ctx, nc, storage.Config{
 			Prefix: common.Prefix, Shards: ids, Replicas: *replicas, MaxValueBytes: *maxValue, Logger: log,
 		})
