@@ -49,7 +49,7 @@ func outcome(err error) kvmodel.Output {
 
 // runWorkload drives clients against keys until ctx ends or each client has
 // done maxOps operations, and returns the history.
-func runWorkload(ctx context.Context, t *testing.T, clients []*client.Client, keys []string, maxOps int, seed uint64) []porcupine.Operation {
+func runWorkload(ctx context.Context, t *testing.T, clients []*client.Client, keys []string, maxOps int, pace time.Duration, seed uint64) []porcupine.Operation {
 	rec := &recorder{start: time.Now()}
 	var wg sync.WaitGroup
 	for id, c := range clients {
@@ -104,6 +104,7 @@ func runWorkload(ctx context.Context, t *testing.T, clients []*client.Client, ke
 					}
 				}
 				cancel()
+				time.Sleep(pace)
 			}
 		}()
 	}
@@ -115,6 +116,17 @@ func runWorkload(ctx context.Context, t *testing.T, clients []*client.Client, ke
 // visualisation next to the test's temp files.
 func checkLinearizable(t *testing.T, h []porcupine.Operation) {
 	t.Helper()
+	var unknown, conflict int
+	for _, op := range h {
+		out := op.Output.(kvmodel.Output)
+		if out.Unknown {
+			unknown++
+		}
+		if out.Conflict {
+			conflict++
+		}
+	}
+	t.Logf("history: %d operations, %d unknown outcomes, %d conflicts", len(h), unknown, conflict)
 	model := kvmodel.Model()
 	res, info := porcupine.CheckOperationsVerbose(model, h, 2*time.Minute)
 	switch res {
@@ -150,7 +162,7 @@ func TestLinearizableOnCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	defer cancel()
-	h := runWorkload(ctx, t, clients, []string{"a", "b.c", "d e", "f>*"}, 250, 1)
+	h := runWorkload(ctx, t, clients, []string{"a", "b.c", "d e", "f>*"}, 250, 0, 1)
 	checkLinearizable(t, h)
 }
 
@@ -170,18 +182,24 @@ func TestLinearizableThroughNodeLoss(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Second)
 	defer cancel()
+	faultDone := make(chan struct{})
 	go func() {
+		defer close(faultDone)
 		time.Sleep(2 * time.Second)
 		leader := c.StreamLeader("KV_latchkey_shard_0")
 		if leader < 0 {
+			t.Error("no leader for shard 0's stream: the fault was not injected")
 			return
 		}
+		t.Logf("killing node %d, the leader of shard 0's stream", leader)
 		c.Kill(leader)
 		time.Sleep(3 * time.Second)
 		if err := c.Restart(leader); err != nil {
 			t.Errorf("restart node %d: %v", leader, err)
 		}
 	}()
-	h := runWorkload(ctx, t, clients, []string{"a", "b", "c"}, 400, 2)
+	// Paced so the history spans the fault: before, during and after.
+	h := runWorkload(ctx, t, clients, []string{"a", "b", "c"}, 100000, 5*time.Millisecond, 2)
+	<-faultDone
 	checkLinearizable(t, h)
 }

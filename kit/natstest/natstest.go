@@ -125,11 +125,14 @@ func StartCluster(n int, dir string) (*Cluster, error) {
 		go s.Start()
 		c.Nodes = append(c.Nodes, s)
 	}
-	for _, s := range c.Nodes {
+	for i, s := range c.Nodes {
 		if !s.ReadyForConnections(15 * time.Second) {
 			c.Shutdown()
 			return nil, fmt.Errorf("cluster node %s not ready", s.Name())
 		}
+		// Pin the port the node got, so Restart brings it back where
+		// clients will reconnect.
+		c.opts[i].Port = s.Addr().(*net.TCPAddr).Port
 	}
 	return c, c.waitJetStream(30 * time.Second)
 }
@@ -177,9 +180,7 @@ func (c *Cluster) Kill(i int) {
 
 // Restart starts node i again on the same ports and data.
 func (c *Cluster) Restart(i int) error {
-	so := c.opts[i].Clone()
-	so.Port = c.Nodes[i].Addr().(*net.TCPAddr).Port
-	s, err := run(so)
+	s, err := run(c.opts[i].Clone())
 	if err != nil {
 		return err
 	}
