@@ -109,7 +109,9 @@ func Start(nc *nats.Conn, cfg Config, endpoints ...Endpoint) (*Service, error) {
 		cfg.Timeout = 5 * time.Second
 	}
 	s := &Service{cfg: cfg, nc: nc, slots: make(chan struct{}, cfg.MaxInFlight), gauge: telemetry.InFlight(cfg.Name)}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	// The service's name travels in every request context, so spans (its
+	// own and those of calls it makes) are reported as this service.
+	s.ctx, s.cancel = context.WithCancel(telemetry.WithService(context.Background(), cfg.Name))
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:         cfg.Name,
 		Version:      cfg.Version,

@@ -3,6 +3,8 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -10,7 +12,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -45,16 +46,7 @@ func Setup(ctx context.Context, serviceName string) (shutdown func(context.Conte
 	if !Enabled() {
 		return func(context.Context) error { return nil }, nil
 	}
-	var exp *otlptrace.Exporter
-	proto := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-	if proto == "" {
-		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
-	}
-	if strings.HasPrefix(proto, "http") {
-		exp, err = otlptracehttp.New(ctx)
-	} else {
-		exp, err = otlptracegrpc.New(ctx)
-	}
+	exp, err := ExporterFromEnv(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -71,8 +63,52 @@ func Setup(ctx context.Context, serviceName string) (shutdown func(context.Conte
 	return tp.Shutdown, nil
 }
 
+// ExporterFromEnv builds the OTLP span exporter the OTEL_* environment
+// describes: gRPC unless OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL starts with
+// "http", endpoint and headers as the exporter packages read them.
+func ExporterFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
+	proto := os.Getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if proto == "" {
+		proto = os.Getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	if strings.HasPrefix(proto, "http") {
+		return otlptracehttp.New(ctx)
+	}
+	return otlptracegrpc.New(ctx)
+}
+
+// Exporter builds an OTLP span exporter for addr: OTLP/gRPC without TLS
+// when addr is host:port (Jaeger and collectors listen on 4317), OTLP/HTTP
+// when it is a URL (http://host:4318; https for TLS; the path defaults to
+// /v1/traces). It is what `latchkey dev --otlp` uses; other settings still
+// come from the OTEL_* environment.
+func Exporter(ctx context.Context, addr string) (sdktrace.SpanExporter, error) {
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		u, err := url.Parse(addr)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP endpoint %q: %w", addr, err)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v1/traces"
+		}
+		return otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(u.String()))
+	}
+	return otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(addr), otlptracegrpc.WithInsecure())
+}
+
 // Tracer returns latchkey's tracer from the global provider.
 func Tracer() trace.Tracer { return otel.Tracer(instrumentation) }
+
+// tracer picks the tracer of the service ctx belongs to (see WithService)
+// when a Tracing is in use, and the global provider's otherwise.
+func tracer(ctx context.Context) trace.Tracer {
+	if t := current.Load(); t != nil {
+		if name := ServiceFrom(ctx); name != "" {
+			return t.tracer(name)
+		}
+	}
+	return otel.Tracer(instrumentation)
+}
 
 var natsSystem = semconv.MessagingSystemKey.String("nats")
 
@@ -83,7 +119,7 @@ func StartServer(ctx context.Context, msg *nats.Msg, operation string) (context.
 	if msg.Header != nil {
 		ctx = propagator.Extract(ctx, HeaderCarrier(msg.Header))
 	}
-	return Tracer().Start(ctx, "process "+msg.Subject,
+	return tracer(ctx).Start(ctx, "process "+msg.Subject,
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(natsSystem,
 			semconv.MessagingDestinationName(msg.Subject),
@@ -96,7 +132,7 @@ func StartServer(ctx context.Context, msg *nats.Msg, operation string) (context.
 // <subject>", kind CLIENT, and writes its context into hdr so that the
 // receiver's span becomes its child.
 func StartClient(ctx context.Context, subject, operation string, hdr nats.Header) (context.Context, trace.Span) {
-	ctx, span := Tracer().Start(ctx, "send "+subject,
+	ctx, span := tracer(ctx).Start(ctx, "send "+subject,
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(natsSystem,
 			semconv.MessagingDestinationName(subject),
@@ -113,7 +149,7 @@ func Inject(ctx context.Context, hdr nats.Header) { propagator.Inject(ctx, Heade
 // API status code of the outcome (0 to leave it out).
 func End(span trace.Span, code int, err error) {
 	if code != 0 {
-		span.SetAttributes(attribute.Int("latchkey.status_code", code))
+		span.SetAttributes(AttrStatusCode.Int(code), AttrOutcome.String(Outcome(code)))
 	}
 	if err != nil && !errors.Is(err, context.Canceled) {
 		span.RecordError(err)

@@ -38,9 +38,11 @@ import (
 	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -126,11 +128,11 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	ep := func(name, endpoint string, f service.Func) service.Endpoint {
-		return service.Endpoint{Name: name, Subject: set.Public(endpoint), Func: f}
+		return service.Endpoint{Name: name, Subject: set.Public(endpoint), Func: instrument(name, f)}
 	}
 	s.svc, err = service.Start(nc, service.Config{
 		Name:        ServiceName,
-		Version:     "1.0.0",
+		Version:     "0.1.0",
 		Description: "latchkey leases with fencing tokens on JetStream KV",
 		Metadata:    map[string]string{"bucket": bucket},
 		Logger:      cfg.Logger,
@@ -176,7 +178,12 @@ func (l lease) remaining(now time.Time) time.Duration {
 }
 
 func (s *Server) read(ctx context.Context, name string) (lease, error) {
-	m, found, err := jskv.LeaderGet(ctx, s.nc, s.stream, s.subj+jskv.EncodeKey(name))
+	sctx, span := telemetry.StartJetStream(ctx, telemetry.JSGet, s.stream)
+	m, found, err := jskv.LeaderGet(sctx, s.nc, s.stream, s.subj+jskv.EncodeKey(name))
+	if found {
+		span.SetAttributes(telemetry.AttrRevision.Int64(int64(m.Seq)))
+	}
+	telemetry.End(span, 0, err)
 	if err != nil || !found {
 		return lease{}, err
 	}
@@ -203,7 +210,32 @@ func (s *Server) write(ctx context.Context, name string, rec *pb.LockRecord, exp
 		return 0, err
 	}
 	hdr := nats.Header{jskv.HeaderTTL: {jskv.TTLHeader(rec.TtlMs)}}
-	return jskv.PublishIfLast(ctx, s.js, s.subj+jskv.EncodeKey(name), data, hdr, expected)
+	return s.publishIfLast(ctx, name, data, hdr, expected)
+}
+
+// publishIfLast is jskv.PublishIfLast on name's key, in a JetStream span.
+func (s *Server) publishIfLast(ctx context.Context, name string, data []byte, hdr nats.Header, expected uint64) (uint64, error) {
+	ctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, s.stream)
+	seq, err := jskv.PublishIfLast(ctx, s.js, s.subj+jskv.EncodeKey(name), data, hdr, expected)
+	switch {
+	case err == nil:
+		span.SetAttributes(telemetry.AttrRevision.Int64(int64(seq)))
+		telemetry.End(span, 0, nil)
+	case errors.Is(err, jskv.ErrWrongLastSequence):
+		telemetry.End(span, 409, err) // a lost race is an outcome, not a failure
+	default:
+		telemetry.End(span, 0, err)
+	}
+	return seq, err
+}
+
+// describe labels the request's span with the lock it is about.
+func describe(ctx context.Context, name string, token uint64) {
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(telemetry.AttrLockName.String(name))
+	if token != 0 {
+		span.SetAttributes(telemetry.AttrLockToken.Int64(int64(token)))
+	}
 }
 
 func grantedTTL(ms int64) int64 { return jskv.CeilSeconds(ms) * 1000 }
@@ -261,6 +293,7 @@ func (s *Server) acquire(ctx context.Context, req *service.Request) (proto.Messa
 	if err := validateAcquire(in); err != nil {
 		return nil, err
 	}
+	describe(ctx, in.Name, 0)
 	if in.WaitMs == 0 {
 		resp, l, err := s.tryAcquire(ctx, in, 0)
 		if err != nil {
@@ -269,9 +302,14 @@ func (s *Server) acquire(ctx context.Context, req *service.Request) (proto.Messa
 		if resp == nil {
 			return nil, heldError(in.Name, l)
 		}
+		describe(ctx, in.Name, resp.Token)
 		return resp, nil
 	}
-	return s.acquireWait(ctx, in)
+	resp, err := s.acquireWait(ctx, in)
+	if err == nil {
+		describe(ctx, in.Name, resp.Token)
+	}
+	return resp, err
 }
 
 func validateAcquire(in *pb.AcquireRequest) error {
@@ -308,6 +346,7 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 	if err := validateToken(in.Name, in.Token); err != nil {
 		return nil, err
 	}
+	describe(ctx, in.Name, in.Token)
 	if err := limits.TTL("ttl_ms", in.TtlMs, true); err != nil {
 		return nil, err
 	}
@@ -347,6 +386,7 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 	if err := validateToken(in.Name, in.Token); err != nil {
 		return nil, err
 	}
+	describe(ctx, in.Name, in.Token)
 	hdr := nats.Header{
 		jskv.HeaderKVOperation: {"DEL"},
 		jskv.HeaderTTL:         {jskv.TTLHeader(MarkerTTL.Milliseconds())},
@@ -359,7 +399,7 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 		if !l.held || l.record.Token != in.Token {
 			return nil, notHeld(in.Name, in.Token)
 		}
-		_, err = jskv.PublishIfLast(ctx, s.js, s.subj+jskv.EncodeKey(in.Name), nil, hdr, l.seq)
+		_, err = s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
 		switch {
 		case err == nil:
 			return &pb.ReleaseResponse{}, nil
@@ -380,6 +420,7 @@ func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, 
 	if err := limits.LockName("name", in.Name); err != nil {
 		return nil, err
 	}
+	describe(ctx, in.Name, 0)
 	l, err := s.read(ctx, in.Name)
 	if err != nil {
 		return nil, err

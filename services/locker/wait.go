@@ -119,6 +119,11 @@ func (s *Server) watch(q *waitQueue) func() {
 					return
 				}
 				if e != nil && e.Operation() != jetstream.KeyValuePut {
+					// A purge here is the server's expiry marker (a
+					// release is a delete): the holder stopped renewing.
+					if e.Operation() == jetstream.KeyValuePurge {
+						expiries.Inc()
+					}
 					s.wakeHead(q, e.Revision())
 				}
 			}
@@ -136,6 +141,9 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 	if dl, ok := ctx.Deadline(); ok && dl.Add(-replyMargin).Before(deadline) {
 		deadline = dl.Add(-replyMargin)
 	}
+	markWaited(ctx)
+	waiters.Inc()
+	defer waiters.Dec()
 	q, w := s.join(in.Name)
 	defer s.leave(q, w)
 

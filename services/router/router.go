@@ -25,9 +25,11 @@ import (
 	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -221,19 +223,33 @@ func checkFence(f *pb.Fence) error {
 	return nil
 }
 
-// traceHeaders are the request headers a shard needs; nats.Header is
-// case-sensitive and these names are lower-case by the W3C spec.
-var traceHeaders = []string{"traceparent", "tracestate"}
-
 // forward sends in to the shard owning key and returns its answer. Shard
 // errors come back unchanged; transport failures become 503s that name the
 // shard.
 func forward[T proto.Message](ctx context.Context, s *Server, r *service.Request, key, op string, in proto.Message, out T) (proto.Message, error) {
 	id := s.route.Load().hash.Get(key)
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(telemetry.AttrShard.String(id), telemetry.AttrKeyLength.Int(len(key)))
+	if f := fenceOf(in); f != nil {
+		span.SetAttributes(telemetry.AttrFenced.Bool(true), telemetry.AttrLockName.String(f.Lock), telemetry.AttrLockToken.Int64(int64(f.Token)))
+	}
 	if err := s.call(ctx, r, id, op, in, out); err != nil {
 		return nil, err
 	}
+	if rv, ok := any(out).(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
+		span.SetAttributes(telemetry.AttrRevision.Int64(int64(rv.GetRevision())))
+	}
 	return out, nil
+}
+
+func fenceOf(m proto.Message) *pb.Fence {
+	switch r := m.(type) {
+	case *pb.PutRequest:
+		return r.Fence
+	case *pb.DeleteRequest:
+		return r.Fence
+	}
+	return nil
 }
 
 // call is one request to one shard. It leaves a little of the caller's
@@ -252,14 +268,24 @@ func (s *Server) call(ctx context.Context, r *service.Request, id, op string, in
 		return apierr.New(apierr.ErrInternal, "encode", "cannot encode the shard request: %v", err)
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-	for _, h := range traceHeaders {
-		if v, ok := r.Msg.Header[h]; ok {
-			msg.Header[h] = v
-		}
-	}
 	if dl, ok := ctx.Deadline(); ok {
 		msg.Header.Set(service.HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
 	}
+	// The shard's span is the child of this hop's CLIENT span, which is
+	// the child of the router's own span: the trace shows the router even
+	// when the caller sent no trace context.
+	ctx, span := telemetry.StartClient(ctx, subject, op, msg.Header)
+	span.SetAttributes(telemetry.AttrShard.String(id))
+	err = s.request(ctx, msg, id, out)
+	code := 200
+	if err != nil {
+		code = apierr.From(err).Code()
+	}
+	telemetry.End(span, code, err)
+	return err
+}
+
+func (s *Server) request(ctx context.Context, msg *nats.Msg, id string, out proto.Message) error {
 	reply, err := s.nc.RequestMsgWithContext(ctx, msg)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
@@ -267,7 +293,7 @@ func (s *Server) call(ctx context.Context, r *service.Request, id, op string, in
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		return apierr.Unavailable("shard_timeout", "shard %s did not answer in time", id)
 	case err != nil:
-		return service.TransportError(subject, err)
+		return service.TransportError(msg.Subject, err)
 	}
 	return service.DecodeReply(reply, out)
 }

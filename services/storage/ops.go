@@ -33,7 +33,7 @@ func (sh *shard) endpoints(subj subjects.Set) []service.Endpoint {
 		eps = append(eps, service.Endpoint{
 			Name:       "shard-" + sh.id + "-" + o.op,
 			Subject:    subj.Shard(sh.id, o.op),
-			Func:       o.fn,
+			Func:       sh.instrument(o.op, o.fn),
 			QueueGroup: "latchkey-shard-" + sh.id,
 		})
 	}
@@ -106,12 +106,16 @@ func Validate(m proto.Message, maxValue int) error {
 	return nil
 }
 
-func (sh *shard) decode(req *service.Request, op string) (proto.Message, error) {
-	return DecodeRequest(op, req.Msg.Data, req.JSON, sh.maxValue)
+func (sh *shard) decode(ctx context.Context, req *service.Request, op string) (proto.Message, error) {
+	m, err := DecodeRequest(op, req.Msg.Data, req.JSON, sh.maxValue)
+	if err == nil {
+		describe(ctx, m)
+	}
+	return m, err
 }
 
 func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, error) {
-	m, err := sh.decode(req, OpGet)
+	m, err := sh.decode(ctx, req, OpGet)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +143,7 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 }
 
 func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, error) {
-	m, err := sh.decode(req, OpPut)
+	m, err := sh.decode(ctx, req, OpPut)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +156,7 @@ func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, 
 }
 
 func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Message, error) {
-	m, err := sh.decode(req, OpDelete)
+	m, err := sh.decode(ctx, req, OpDelete)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +169,7 @@ func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Messag
 }
 
 func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message, error) {
-	m, err := sh.decode(req, OpScan)
+	m, err := sh.decode(ctx, req, OpScan)
 	if err != nil {
 		return nil, err
 	}

@@ -12,9 +12,11 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // LimitMarkerTTL is how long the server keeps the marker it writes when a
@@ -79,6 +81,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 		return nil, fmt.Errorf("storage: load view of %s: %w", bucket, err)
 	}
 	sh.healthy.Store(true)
+	openShards.add(sh)
 	mctx, cancel := context.WithCancel(context.Background())
 	sh.stop = cancel
 	go sh.monitor(mctx)
@@ -208,6 +211,7 @@ func (sh *shard) monitor(ctx context.Context) {
 }
 
 func (sh *shard) close() {
+	openShards.remove(sh)
 	if sh.stop != nil {
 		sh.stop()
 		<-sh.done
@@ -297,7 +301,12 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 	subject := sh.subjPfx + encodeKey(key)
 	for wait := 25 * time.Millisecond; ; wait = min(wait*2, 500*time.Millisecond) {
 		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		actx, span := telemetry.StartJetStream(actx, telemetry.JSGet, sh.stream)
 		m, found, err := jskv.LeaderGet(actx, sh.nc, sh.stream, subject)
+		if found {
+			span.SetAttributes(telemetry.AttrRevision.Int64(int64(m.Seq)))
+		}
+		telemetry.End(span, 0, err)
 		cancel()
 		switch {
 		case err == nil && !found:
@@ -410,7 +419,9 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 				msg.Header.Set(hdrTTL, ttlSeconds(w.ttlMs))
 			}
 		}
-		ack, err := sh.js.PublishMsg(ctx, msg)
+		pctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, sh.stream)
+		ack, err := sh.js.PublishMsg(pctx, msg)
+		endPublish(span, ack, err)
 		if err == nil {
 			sh.view.remember(w.key, base{seq: ack.Sequence, live: !w.del, fences: fencesHdr})
 			return writeResult{seq: ack.Sequence, wrote: true, was: cur.live}, nil
@@ -437,6 +448,20 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	}
 	return writeResult{}, apierr.Unavailable("contention",
 		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
+}
+
+// endPublish ends a publish span; a lost compare-and-set is an expected
+// outcome (409), not a failure of the span.
+func endPublish(span trace.Span, ack *jetstream.PubAck, err error) {
+	switch {
+	case err == nil:
+		span.SetAttributes(telemetry.AttrRevision.Int64(int64(ack.Sequence)))
+		telemetry.End(span, 0, nil)
+	case isWrongLastSequence(err):
+		telemetry.End(span, 409, err)
+	default:
+		telemetry.End(span, 0, err)
+	}
 }
 
 func isWrongLastSequence(err error) bool {

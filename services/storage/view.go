@@ -70,6 +70,7 @@ type view struct {
 	applied  uint64
 	progress time.Time // when the consumer last delivered a message
 	pending  map[string]base
+	live     int // live keys in tree
 	waiters  int
 	notify   chan struct{}
 }
@@ -94,6 +95,12 @@ func (v *view) apply(key string, isKey bool, seq uint64, live bool, value []byte
 		old, found := v.tree.Get(probe(key))
 		if !found || seq > old.seq {
 			v.tree.ReplaceOrInsert(newEntry(key, seq, live, value, fences))
+			if found && old.live {
+				v.live--
+			}
+			if live {
+				v.live++
+			}
 		}
 		if p, ok := v.pending[key]; ok && p.seq <= seq {
 			delete(v.pending, key)
@@ -150,6 +157,13 @@ func (v *view) get(key string) (value []byte, seq uint64, found bool) {
 		return nil, 0, false
 	}
 	return e.value(), e.seq, true
+}
+
+// liveKeys counts the keys that hold a value (tombstones excluded).
+func (v *view) liveKeys() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.live
 }
 
 // lastProgress says when the consumer last delivered a message.

@@ -1,0 +1,108 @@
+package locker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+)
+
+// Locker metrics, registered once per process on telemetry.Registry. Lock
+// names are not labels: there may be millions of them.
+var (
+	acquisitions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_lock_acquisitions_total",
+		Help: "Acquire requests answered, by outcome: acquired, contended (409: the lock stayed held), invalid, too_large, unavailable, error.",
+	}, []string{"outcome"})
+	releases = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_lock_releases_total",
+		Help: "Release requests answered, by outcome: ok, conflict (the token no longer held the lock), invalid, unavailable, error.",
+	}, []string{"outcome"})
+	renewals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_lock_renewals_total",
+		Help: "Renew requests answered, by outcome: ok, conflict (the lease was already lost), invalid, unavailable, error.",
+	}, []string{"outcome"})
+	waiters = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "latchkey_lock_waiters",
+		Help: "Acquire requests with wait_ms > 0 in progress on this locker: callers queued for a lock.",
+	})
+	waitSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "latchkey_lock_wait_seconds",
+		Help:    "Time waiting acquires (wait_ms > 0) spent from arrival to their answer, by outcome (acquired, contended, ...).",
+		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"outcome"})
+	expiries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "latchkey_lock_expiries_total",
+		Help: "Leases that ran out (the NATS server removed an unrenewed lock) while requests on this locker waited for the lock.",
+	})
+)
+
+func init() {
+	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries)
+}
+
+// instrument wraps a lock endpoint: it counts the answer by outcome, times
+// waiting acquires and labels the span with the outcome.
+func instrument(endpoint string, fn service.Func) service.Func {
+	return func(ctx context.Context, req *service.Request) (proto.Message, error) {
+		start := time.Now()
+		if endpoint == "acquire" {
+			ctx = withWaitMark(ctx)
+		}
+		resp, err := fn(ctx, req)
+		code := 200
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				code = 503
+			} else {
+				code = apierr.From(err).Code()
+			}
+		}
+		outcome := telemetry.Outcome(code)
+		switch endpoint {
+		case "acquire":
+			switch outcome {
+			case "ok":
+				outcome = "acquired"
+			case "conflict":
+				outcome = "contended"
+			}
+			acquisitions.WithLabelValues(outcome).Inc()
+			if waited(ctx) {
+				waitSeconds.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+			}
+		case "release":
+			releases.WithLabelValues(outcome).Inc()
+		case "renew":
+			renewals.WithLabelValues(outcome).Inc()
+		}
+		trace.SpanFromContext(ctx).SetAttributes(telemetry.AttrOutcome.String(outcome))
+		return resp, err
+	}
+}
+
+// waitMark lets acquireWait tell instrument that this acquire waited.
+type waitMark struct{ waited bool }
+
+type waitMarkKey struct{}
+
+func withWaitMark(ctx context.Context) context.Context {
+	return context.WithValue(ctx, waitMarkKey{}, &waitMark{})
+}
+
+func markWaited(ctx context.Context) {
+	if m, ok := ctx.Value(waitMarkKey{}).(*waitMark); ok {
+		m.waited = true
+	}
+}
+
+func waited(ctx context.Context) bool {
+	m, ok := ctx.Value(waitMarkKey{}).(*waitMark)
+	return ok && m.waited
+}
