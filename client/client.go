@@ -62,7 +62,10 @@ type Option func(*Client)
 // WithPrefix sets the deployment's subject prefix (default "latchkey").
 func WithPrefix(prefix string) Option { return func(c *Client) { c.subj = subjects.New(prefix) } }
 
-// WithTimeout bounds calls whose context has no deadline (default 5s).
+// WithTimeout bounds every call (default 5s), also when the context allows
+// longer: a request whose reply is lost with a dying NATS server then fails
+// with ErrUnavailable after d instead of hanging until a far deadline.
+// Lock acquisitions that wait get their wait on top.
 func WithTimeout(d time.Duration) Option { return func(c *Client) { c.timeout = d } }
 
 // New returns a client using nc. The caller keeps ownership of nc.
@@ -78,12 +81,14 @@ func New(nc *nats.Conn, opts ...Option) *Client {
 func (c *Client) Conn() *nats.Conn { return c.nc }
 
 // call sends req to a public endpoint (e.g. subjects.KVGet) and decodes the
-// reply into resp.
+// reply into resp, within the client's timeout.
 func (c *Client) call(ctx context.Context, endpoint string, req, resp proto.Message) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
+	return c.callWithin(ctx, endpoint, req, resp, c.timeout)
+}
+
+// callWithin is call bounded by d (or ctx, if that ends first).
+func (c *Client) callWithin(ctx context.Context, endpoint string, req, resp proto.Message, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
 	return service.Call(ctx, c.nc, c.subj.Public(endpoint), nil, req, resp)
 }

@@ -160,12 +160,7 @@ func (c *Client) Acquire(ctx context.Context, name string, opts ...LockOption) (
 
 // callWait is call with room for a server-side wait of up to wait.
 func (c *Client) callWait(ctx context.Context, endpoint string, req, resp proto.Message, wait time.Duration) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait+c.timeout)
-		defer cancel()
-	}
-	return c.call(ctx, endpoint, req, resp)
+	return c.callWithin(ctx, endpoint, req, resp, wait+c.timeout)
 }
 
 func (c *Client) held(ctx context.Context, name string, o lockOptions, resp *pb.AcquireResponse, sent time.Time) (*Lock, error) {

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -195,4 +196,25 @@ func CeilSeconds(ms int64) int64 {
 		s = 1
 	}
 	return s
+}
+
+// EnsureBucket creates the KV bucket of cfg, or brings an existing one to
+// cfg, and returns it. A cluster that is still forming answers "no suitable
+// peers", or nothing, for a while after it starts, so failures are retried
+// with backoff until ctx ends; the last error is returned then.
+func EnsureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, log *slog.Logger) (jetstream.KeyValue, error) {
+	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		kv, err := js.CreateOrUpdateKeyValue(actx, cfg)
+		cancel()
+		if err == nil {
+			return kv, nil
+		}
+		log.Warn("cannot create bucket yet; retrying", "bucket", cfg.Bucket, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
+		case <-time.After(wait):
+		}
+	}
 }

@@ -110,16 +110,16 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	bucket := set.LockBucket()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := jskv.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "latchkey locks: one key per lock name, value pb.LockRecord",
 		History:        1,
 		Storage:        jetstream.FileStorage,
 		Replicas:       cfg.Replicas,
 		LimitMarkerTTL: MarkerTTL,
-	})
+	}, cfg.Logger)
 	if err != nil {
-		return nil, fmt.Errorf("lock bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("lock bucket: %w", err)
 	}
 	s := &Server{
 		nc: nc, js: js, kv: kv, log: cfg.Logger,

@@ -84,7 +84,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.kv, err = openMeta(ctx, js, s.subj.MetaBucket(), cfg.Replicas); err != nil {
+	if s.kv, err = openMeta(ctx, js, s.subj.MetaBucket(), cfg.Replicas, s.log); err != nil {
 		return nil, err
 	}
 	m, err := ensureMap(ctx, js, s.kv, s.subj.ShardBucket, cfg.Shards)
@@ -233,7 +233,7 @@ func forward[T proto.Message](ctx context.Context, s *Server, r *service.Request
 	if f := fenceOf(in); f != nil {
 		span.SetAttributes(telemetry.AttrFenced.Bool(true), telemetry.AttrLockName.String(f.Lock), telemetry.AttrLockToken.Int64(int64(f.Token)))
 	}
-	if err := s.call(ctx, r, id, op, in, out); err != nil {
+	if err := s.call(ctx, id, op, in, out); err != nil {
 		return nil, err
 	}
 	if rv, ok := any(out).(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
@@ -255,7 +255,7 @@ func fenceOf(m proto.Message) *pb.Fence {
 // call is one request to one shard. It leaves a little of the caller's
 // deadline so that a slow shard is reported as a 503 the caller still
 // waits for, rather than as the caller's own timeout.
-func (s *Server) call(ctx context.Context, r *service.Request, id, op string, in, out proto.Message) error {
+func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message) error {
 	if dl, ok := ctx.Deadline(); ok {
 		margin := min(time.Until(dl)/20, 100*time.Millisecond)
 		var cancel context.CancelFunc
@@ -325,7 +325,7 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 	for i, id := range shards {
 		pages[i] = &pb.ScanResponse{}
 		wg.Go(func() {
-			err := s.call(ctx, r, id, "scan", in, pages[i])
+			err := s.call(ctx, id, "scan", in, pages[i])
 			if err == nil && pages[i].More && len(pages[i].Items) == 0 {
 				err = apierr.New(apierr.ErrInternal, "bad_shard_page", "shard %s answered a scan with more=true and no items", id)
 			}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/jskv"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/router/consistenthash"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,23 +47,18 @@ type routing struct {
 	hash  *consistenthash.Map
 }
 
-// openMeta opens the meta bucket, creating it when absent.
-func openMeta(ctx context.Context, js jetstream.JetStream, bucket string, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.KeyValue(ctx, bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bucket,
-			Description: "latchkey shard map",
-			History:     1,
-			Replicas:    replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) { // another router won the race
-			kv, err = js.KeyValue(ctx, bucket)
-		}
-	}
+// openMeta opens the meta bucket, creating it when absent and retrying
+// while a forming cluster cannot place it.
+func openMeta(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, log *slog.Logger) (jetstream.KeyValue, error) {
+	kv, err := jskv.EnsureBucket(ctx, js, jetstream.KeyValueConfig{
+		Bucket:      bucket,
+		Description: "latchkey shard map",
+		History:     1,
+		Replicas:    replicas,
+		Storage:     jetstream.FileStorage,
+	}, log)
 	if err != nil {
-		return nil, fmt.Errorf("open shard map bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("open shard map bucket: %w", err)
 	}
 	return kv, nil
 }

@@ -89,31 +89,17 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 }
 
 // createBucket creates the shard's bucket or brings an existing one to the
-// configuration below. A cluster that is still forming answers "no
-// suitable peers" or not at all for a while, so failures are retried until
-// ctx ends; the last error is returned.
+// configuration below, retrying while a forming cluster cannot place it.
 func (sh *shard) createBucket(ctx context.Context, replicas int) error {
-	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := sh.js.CreateOrUpdateKeyValue(actx, jetstream.KeyValueConfig{
-			Bucket:         sh.bucket,
-			Description:    "latchkey shard " + sh.id,
-			History:        1,
-			Replicas:       replicas,
-			Storage:        jetstream.FileStorage,
-			LimitMarkerTTL: LimitMarkerTTL,
-		})
-		cancel()
-		if err == nil {
-			return nil
-		}
-		sh.log.Warn("cannot create bucket yet; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("storage: create bucket %s: %w", sh.bucket, err)
-		case <-time.After(wait):
-		}
-	}
+	_, err := jskv.EnsureBucket(ctx, sh.js, jetstream.KeyValueConfig{
+		Bucket:         sh.bucket,
+		Description:    "latchkey shard " + sh.id,
+		History:        1,
+		Replicas:       replicas,
+		Storage:        jetstream.FileStorage,
+		LimitMarkerTTL: LimitMarkerTTL,
+	}, sh.log)
+	return err
 }
 
 // startConsumer feeds the view from an ordered consumer: from the last
