@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/codec"
@@ -131,6 +132,11 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 		}
 		return &pb.GetResponse{Found: true, Key: r.Key, Value: v, Revision: seq}, nil
 	}
+	sh.linGets.Add(1)
+	defer sh.linGets.Add(-1)
+	if resp, ok := sh.getBatched(ctx, r.Key); ok {
+		return resp, nil
+	}
 	b, err := sh.leaderRead(ctx, r.Key)
 	if err != nil {
 		return nil, err
@@ -184,4 +190,35 @@ func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message,
 	}
 	items, more := sh.view.scan(r.Prefix, r.After, limit, budget)
 	return &pb.ScanResponse{Items: items, More: more}, nil
+}
+
+// batchedReadWait bounds how long a linearizable get waits for the view on
+// the batched path before it falls back to its own leader read.
+const batchedReadWait = time.Second
+
+// getBatched answers a linearizable get from the view when the shard is
+// busy, the way etcd's ReadIndex does: it waits for a barrier message
+// published after the get arrived, and for the view to apply it. The view
+// is then a prefix of the stream that holds every write acknowledged before
+// the get began, so reading it is linearizable, and one barrier publish
+// serves every get (and scan) that arrived while the previous one was in
+// flight. When this get is the only one in flight and no barrier is, a
+// leader read is cheaper (one round trip instead of a publish and a
+// delivery), so ok is false and the caller reads from the leader; it is
+// false too whenever the view cannot confirm itself in time.
+func (sh *shard) getBatched(ctx context.Context, key string) (resp *pb.GetResponse, ok bool) {
+	if !sh.healthy.Load() || (sh.linGets.Load() < 2 && !sh.barrier.busy()) {
+		return nil, false
+	}
+	wctx, cancel := context.WithTimeout(ctx, batchedReadWait)
+	defer cancel()
+	if err := sh.sync(wctx); err != nil {
+		return nil, false
+	}
+	sh.batchedReads.Add(1)
+	v, seq, found := sh.view.get(key)
+	if !found {
+		return &pb.GetResponse{Key: key}, true
+	}
+	return &pb.GetResponse{Found: true, Key: key, Value: v, Revision: seq}, true
 }

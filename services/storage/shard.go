@@ -47,6 +47,10 @@ type shard struct {
 	locks   keyLocks
 	barrier barrier
 	healthy atomic.Bool
+	// linGets counts linearizable gets in flight; batchedReads those
+	// answered from the view behind a shared barrier (see getBatched).
+	linGets      atomic.Int64
+	batchedReads atomic.Int64
 
 	ccMu sync.Mutex
 	cc   jetstream.ConsumeContext
@@ -240,6 +244,14 @@ type flight struct {
 	done chan struct{}
 	seq  uint64
 	err  error
+}
+
+// busy reports whether a barrier publish is in flight, so that one more
+// caller would share the next publish with others.
+func (b *barrier) busy() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.running
 }
 
 func (b *barrier) get(ctx context.Context) (uint64, error) {
