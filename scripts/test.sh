@@ -2,21 +2,25 @@
 # The project's test command (README: "Run the tests"). It checks formatting,
 # vets every module, lints the protobuf contract and fails when the generated
 # Go code is stale, then runs every test (fuzz seeds included) of every module.
-# Tools it needs (buf, protoc-gen-go) are installed into .cache/bin on first use.
+# Tools it needs (buf, protoc-gen-go) are installed on first use into a cache
+# outside the clone (${XDG_CACHE_HOME:-~/.cache}/latchkey/bin), one folder per
+# pinned version, so fresh clones on the same machine reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 export CGO_ENABLED=0
-bin="$root/.cache/bin"
+buf_version=v1.75.0
+protoc_gen_go_version=v1.36.12
+bin="${XDG_CACHE_HOME:-$HOME/.cache}/latchkey/bin/buf-$buf_version-pgg-$protoc_gen_go_version"
 mkdir -p "$bin"
 export PATH="$bin:$PATH"
 
 step() { printf '\n==> %s\n' "$*"; }
 
 step "tools"
-[ -x "$bin/protoc-gen-go" ] || GOBIN="$bin" go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
-[ -x "$bin/buf" ] || { echo "installing buf (first run only, a few minutes)"; GOBIN="$bin" go install github.com/bufbuild/buf/cmd/buf@v1.75.0; }
+[ -x "$bin/protoc-gen-go" ] || GOBIN="$bin" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$protoc_gen_go_version"
+[ -x "$bin/buf" ] || { echo "installing buf $buf_version (first run only, a few minutes)"; GOBIN="$bin" go install "github.com/bufbuild/buf/cmd/buf@$buf_version"; }
 
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' | grep -v '\.pb\.go$') || true)
