@@ -3,6 +3,7 @@ module github.com/latchkey/latchkey/tests
 go 1.26.0
 
 require (
+	github.com/latchkey/latchkey/check v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/client v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/kit v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/proto v0.0.0-00010101000000-000000000000
@@ -10,6 +11,10 @@ require (
 	github.com/latchkey/latchkey/services/router v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/services/storage v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
+	go.opentelemetry.io/otel v1.47.0
+	go.opentelemetry.io/otel/sdk v1.47.0
+	go.opentelemetry.io/otel/trace v1.47.0
+	go.yaml.in/yaml/v3 v3.0.5
 	google.golang.org/protobuf v1.36.12
 )
 
@@ -26,14 +31,11 @@ require (
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
-	go.opentelemetry.io/otel v1.47.0 // indirect
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace v1.47.0 // indirect
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc v1.47.0 // indirect
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp v1.47.0 // indirect
 	go.opentelemetry.io/otel/log v1.47.0 // indirect
 	go.opentelemetry.io/otel/metric v1.47.0 // indirect
-	go.opentelemetry.io/otel/sdk v1.47.0 // indirect
-	go.opentelemetry.io/otel/trace v1.47.0 // indirect
 	go.opentelemetry.io/proto/otlp v1.11.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
@@ -60,6 +62,7 @@ require (
 )
 
 replace (
+	github.com/latchkey/latchkey/check => ../check
 	github.com/latchkey/latchkey/client => ../client
 	github.com/latchkey/latchkey/kit => ../kit
 	github.com/latchkey/latchkey/proto => ../proto

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/latchkey/latchkey/check/kvmodel"
 	"github.com/latchkey/latchkey/client"
 	"github.com/latchkey/latchkey/kit/natstest"
-	"github.com/latchkey/latchkey/tests/kvmodel"
 	"github.com/latchkey/latchkey/tests/suite"
 )
 

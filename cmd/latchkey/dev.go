@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/latchkey/latchkey/services/locker"
 	"github.com/latchkey/latchkey/services/router"
 	"github.com/latchkey/latchkey/services/storage"
@@ -23,12 +25,14 @@ import (
 const devStopTimeout = 15 * time.Second
 
 func devCmd(ctx context.Context, args []string) error {
-	fs := newFlags("dev", "dev [--listen HOST:PORT] [--data DIR] [--shards N] [--log-level LEVEL]\n\nRuns an embedded NATS server with JetStream and the storage, router and locker\nservices in this process, until Ctrl-C. Data in --data survives restarts.")
+	fs := newFlags("dev", "dev [--listen HOST:PORT] [--data DIR] [--shards N] [--log-level LEVEL] [--metrics-addr ADDR] [--otlp ADDR]\n\nRuns an embedded NATS server with JetStream and the storage, router and locker\nservices in this process, until Ctrl-C. Data in --data survives restarts.\nPrometheus metrics of all three services are served on --metrics-addr; with\n--otlp (or OTEL_EXPORTER_OTLP_ENDPOINT) each service exports its spans as\nlatchkey-router, latchkey-storage and latchkey-locker.")
 	listen := fs.String("listen", envOr("LATCHKEY_LISTEN", "127.0.0.1:4222"), "address NATS clients connect to ($LATCHKEY_LISTEN)")
 	data := fs.String("data", defaultDataDir(), "directory of the JetStream data")
 	shards := fs.Int("shards", 3, "number of shards")
 	syncAlways := fs.Bool("sync-always", false, "fsync every write (slower; nothing acknowledged is lost on a crash)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	metricsAddr := fs.String("metrics-addr", envOr("LATCHKEY_METRICS_ADDR", "127.0.0.1:9464"), "serve Prometheus metrics at http://ADDR/metrics; empty serves none ($LATCHKEY_METRICS_ADDR)")
+	otlp := fs.String("otlp", "", "export traces over OTLP to ADDR: host:port for gRPC (Jaeger: 127.0.0.1:4317) or http://host:4318 for HTTP; default: the OTEL_* environment, else none")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -51,7 +55,30 @@ func devCmd(ctx context.Context, args []string) error {
 	if err != nil || port < 0 || port > 65535 {
 		return usagef("--listen %q: port must be a number between 0 and 65535", *listen)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	log := slog.New(telemetry.LogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+
+	shutdownTracing, err := telemetry.SetupServices(ctx, "latchkey-client", *otlp)
+	if err != nil {
+		return fmt.Errorf("tracing to %q: %w", *otlp, err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTracing(sctx); err != nil {
+			log.Warn("flushing traces", "err", err)
+		}
+	}()
+	addr, err := telemetry.ServeMetrics(ctx, *metricsAddr, log)
+	switch {
+	case err != nil && (flagSet(fs, "metrics-addr") || os.Getenv("LATCHKEY_METRICS_ADDR") != ""):
+		return fmt.Errorf("--metrics-addr %s: %w", *metricsAddr, err)
+	case err != nil:
+		// The default port is taken (another `latchkey dev`, say): a dev
+		// deployment is still useful without metrics.
+		log.Warn("metrics not served; choose a free port with --metrics-addr", "addr", *metricsAddr, "err", err)
+	case addr != nil:
+		log.Info("serving Prometheus metrics", "url", "http://"+addr.String()+"/metrics")
+	}
 
 	d := &devDeployment{log: log}
 	if err := d.start(ctx, host, port, *data, *shards, *syncAlways); err != nil {
@@ -68,6 +95,12 @@ func devCmd(ctx context.Context, args []string) error {
 	d.stop(stopCtx)
 	log.Info("stopped cleanly")
 	return nil
+}
+
+// flagSet reports whether the command line set the named flag.
+func flagSet(fs *flag.FlagSet, name string) (set bool) {
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // devDeployment is everything `latchkey dev` runs, in start order.

@@ -12,6 +12,9 @@ import (
 	"os/signal"
 	"slices"
 	"syscall"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/telemetry"
 )
 
 // command is one subcommand. run gets the arguments after the command name
@@ -31,6 +34,10 @@ var commands = map[string]command{
 	"del":  {"del", "delete a key", delCmd},
 	"scan": {"scan", "list the keys that start with a prefix, in key order", scanCmd},
 	"lock": {"lock", "acquire, renew, release, inspect a lock, or run a command under it", lockCmd},
+	// bench.go; the workload engine is the bench module.
+	"bench": {"bench", "measure throughput and latency next to the raw NATS floors (and etcd, Redis)", benchCmd},
+	// check.go; the engine is the check module.
+	"check": {"check", "drive traffic and check consistency and lock safety, optionally under faults", checkCmd},
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -65,6 +72,19 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() { <-ctx.Done(); stop() }()
+	// Client spans go where the OTEL_* environment says (nowhere when it
+	// is unset); `latchkey dev` sets up its own, per service.
+	if name != "dev" {
+		if shutdown, err := telemetry.Setup(ctx, "latchkey-cli"); err != nil {
+			fmt.Fprintf(os.Stderr, "latchkey: tracing disabled: %v\n", err)
+		} else {
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				_ = shutdown(sctx)
+			}()
+		}
+	}
 	if err := cmd.run(ctx, args); err != nil {
 		if !errors.Is(err, errHelp) {
 			fmt.Fprintf(os.Stderr, "latchkey %s: %v\n", name, err)

@@ -4,7 +4,7 @@ import (
 	"testing"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/latchkey/latchkey/tests/kvmodel"
+	"github.com/latchkey/latchkey/check/kvmodel"
 )
 
 type op struct {
@@ -27,6 +27,9 @@ func history(ops []op) []porcupine.Operation {
 func TestModelAcceptsAndRejects(t *testing.T) {
 	put := func(v string) kvmodel.Input { return kvmodel.Input{Op: kvmodel.Put, Key: "k", Value: v} }
 	get := kvmodel.Input{Op: kvmodel.Get, Key: "k"}
+	fput := func(v string, token uint64) kvmodel.Input {
+		return kvmodel.Input{Op: kvmodel.Put, Key: "k", Value: v, Fence: token}
+	}
 	cas := func(v string, e uint64) kvmodel.Input {
 		return kvmodel.Input{Op: kvmodel.CAS, Key: "k", Value: v, Expected: e}
 	}
@@ -68,6 +71,32 @@ func TestModelAcceptsAndRejects(t *testing.T) {
 			{0, 2, 3, kvmodel.Input{Op: kvmodel.Del, Key: "k"}, kvmodel.Output{Found: true}},
 			{1, 4, 5, get, kvmodel.Output{Found: true, Value: "a", Rev: 5}},
 		}, false},
+		{"stale fence refused after a newer holder wrote", []op{
+			{0, 0, 1, fput("a", 7), kvmodel.Output{Rev: 3}},
+			{1, 2, 3, fput("b", 5), kvmodel.Output{Conflict: true}},
+		}, true},
+		{"stale fence accepted after a newer holder wrote", []op{
+			{0, 0, 1, fput("a", 7), kvmodel.Output{Rev: 3}},
+			{1, 2, 3, fput("b", 5), kvmodel.Output{Rev: 4}},
+		}, false},
+		{"fence survives unfenced writes and deletes", []op{
+			{0, 0, 1, fput("a", 7), kvmodel.Output{Rev: 3}},
+			{1, 2, 3, put("b"), kvmodel.Output{Rev: 4}},
+			{1, 4, 5, kvmodel.Input{Op: kvmodel.Del, Key: "k"}, kvmodel.Output{Found: true}},
+			{1, 6, 7, fput("c", 5), kvmodel.Output{Rev: 6}},
+		}, false},
+		{"fenced delete of an absent key raises the fence", []op{
+			{0, 0, 1, kvmodel.Input{Op: kvmodel.Del, Key: "k", Fence: 9}, kvmodel.Output{}},
+			{1, 2, 3, fput("c", 8), kvmodel.Output{Conflict: true}},
+		}, true},
+		{"current token refused", []op{
+			{0, 0, 1, fput("a", 7), kvmodel.Output{Rev: 3}},
+			{0, 2, 3, fput("b", 7), kvmodel.Output{Conflict: true}},
+		}, false},
+		{"unknown fenced write may have raised the fence", []op{
+			{0, 0, 1, fput("a", 7), kvmodel.Output{Unknown: true}},
+			{1, 2, 3, fput("b", 5), kvmodel.Output{Conflict: true}},
+		}, true},
 		{"create if absent twice", []op{
 			{0, 0, 1, cas("a", 0), kvmodel.Output{Rev: 3}},
 			{1, 2, 3, cas("b", 0), kvmodel.Output{Rev: 4}},

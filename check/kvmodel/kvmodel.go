@@ -5,6 +5,13 @@
 //
 // Writes whose outcome the client does not know (timeout, 503 after the
 // request left) are "may have happened": the model branches on them.
+//
+// Fenced writes are modelled too: the state of a key carries the highest
+// fencing token it was written or deleted under, and a fenced write with a
+// lower token must be refused (409) and change nothing, while one with an
+// equal or higher token must not be refused for its fence. A history must
+// fence each key with one lock only (the checker's workload does), so one
+// token per key is the whole fence state.
 package kvmodel
 
 import (
@@ -27,6 +34,7 @@ type Input struct {
 	Key      string
 	Value    string // put/cas: unique per write, so a read names its write
 	Expected uint64 // cas only
+	Fence    uint64 // put, cas, del: the fencing token sent, 0 = unfenced
 }
 
 // Output is what the client saw.
@@ -39,11 +47,22 @@ type Output struct {
 }
 
 // state of one key. rev 0 with exists set means "revision not yet known"
-// (after a write whose reply was lost).
+// (after a write whose reply was lost). fence is the highest token the key
+// was written under; it survives deletes.
 type state struct {
 	exists bool
 	value  string
 	rev    uint64
+	fence  uint64
+}
+
+// fenceOK says whether a write with token t passes the fence of s, and the
+// fence the key carries if it is written.
+func fenceOK(s state, t uint64) (ok bool, raised uint64) {
+	if t == 0 {
+		return true, s.fence
+	}
+	return t >= s.fence, max(t, s.fence)
 }
 
 func step(s0 any, in0 any, out0 any) []any {
@@ -62,17 +81,21 @@ func step(s0 any, in0 any, out0 any) []any {
 		if !s.exists || s.value != out.Value || (s.rev != 0 && s.rev != out.Rev) {
 			return nil
 		}
-		return []any{state{true, s.value, out.Rev}}
+		return []any{state{true, s.value, out.Rev, s.fence}}
 	case Put, CAS:
-		written := state{true, in.Value, out.Rev}
+		fok, raised := fenceOK(s, in.Fence)
+		written := state{true, in.Value, out.Rev, raised}
 		holds, maybe := true, false
 		if in.Op == CAS {
 			holds, maybe = precondition(s, in.Expected)
 		}
+		if !fok {
+			holds, maybe = false, false
+		}
 		switch {
 		case out.Unknown:
 			if holds || maybe {
-				return []any{s, state{true, in.Value, 0}}
+				return []any{s, state{true, in.Value, 0, raised}}
 			}
 			return []any{s}
 		case out.Conflict:
@@ -89,8 +112,17 @@ func step(s0 any, in0 any, out0 any) []any {
 		}
 		return []any{written}
 	case Del:
-		absent := state{}
+		fok, raised := fenceOK(s, in.Fence)
+		absent := state{fence: raised}
 		switch {
+		case !fok:
+			// A stale token: refused, whatever the key holds.
+			if out.Unknown || out.Conflict {
+				return []any{s}
+			}
+			return nil
+		case out.Conflict:
+			return nil
 		case out.Unknown:
 			return []any{s, absent}
 		case out.Found:
@@ -102,7 +134,8 @@ func step(s0 any, in0 any, out0 any) []any {
 			if s.exists {
 				return nil
 			}
-			return []any{s}
+			// A fenced delete of an absent key still records its token.
+			return []any{absent}
 		}
 	}
 	panic("kvmodel: unknown op " + in.Op)
@@ -161,20 +194,28 @@ func Model() porcupine.Model {
 			default:
 				res = fmt.Sprintf("rev %d", out.Rev)
 			}
+			fence := ""
+			if in.Fence != 0 {
+				fence = fmt.Sprintf(" fence %d", in.Fence)
+			}
 			switch in.Op {
 			case Put:
-				return fmt.Sprintf("put(%q) -> %s", in.Value, res)
+				return fmt.Sprintf("put(%q%s) -> %s", in.Value, fence, res)
 			case CAS:
-				return fmt.Sprintf("cas(%q if rev %d) -> %s", in.Value, in.Expected, res)
+				return fmt.Sprintf("cas(%q if rev %d%s) -> %s", in.Value, in.Expected, fence, res)
 			}
-			return fmt.Sprintf("%s -> %s", in.Op, res)
+			return fmt.Sprintf("%s%s -> %s", in.Op, fence, res)
 		},
 		DescribeState: func(s0 any) string {
 			s := s0.(state)
-			if !s.exists {
-				return "absent"
+			fence := ""
+			if s.fence != 0 {
+				fence = fmt.Sprintf(" fence %d", s.fence)
 			}
-			return fmt.Sprintf("%q@%d", s.value, s.rev)
+			if !s.exists {
+				return "absent" + fence
+			}
+			return fmt.Sprintf("%q@%d%s", s.value, s.rev, fence)
 		},
 	}
 	return nm.ToModel()

@@ -1,0 +1,564 @@
+package check
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/latchkey/latchkey/check/kvmodel"
+)
+
+// Checks, as named in violations.
+const (
+	CheckLinearizable = "linearizability"
+	CheckStale        = "stale-read"
+	CheckScan         = "scan"
+	CheckLockOverlap  = "lock-overlap"
+	CheckLockToken    = "lock-token"
+	CheckFence        = "fence"
+	CheckDurability   = "durability"
+	CheckTTL          = "ttl"
+)
+
+// Violation is one failed check.
+type Violation struct {
+	Check  string
+	Detail string
+}
+
+func (v Violation) String() string { return v.Check + ": " + v.Detail }
+
+// forever is the return time of a write whose outcome is unknown: it may
+// take effect at any later time.
+const forever = int64(1) << 62
+
+// verify runs every check on the recorded history.
+func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
+	ops := r.rec.snapshot()
+	r.faultMu.Lock()
+	faults := append([]FaultRecord(nil), r.faults...)
+	r.faultMu.Unlock()
+	rep := &Report{Schedule: sched, Faults: faults, Duration: trafficEnd, Clients: r.cfg.Clients, Keys: len(r.keys), Locks: len(r.lks)}
+	rep.tally(ops, trafficEnd)
+	began := time.Now()
+	r.checkLinearizable(ops, rep)
+	rep.Violations = append(rep.Violations, r.checkStale(ops, rep)...)
+	rep.Violations = append(rep.Violations, r.checkScans(ops)...)
+	rep.Violations = append(rep.Violations, checkLockOverlap(ops)...)
+	rep.Violations = append(rep.Violations, checkTokens(ops)...)
+	rep.Violations = append(rep.Violations, checkFences(ops)...)
+	rep.Violations = append(rep.Violations, r.checkDurability(ops)...)
+	rep.Violations = append(rep.Violations, checkTTL(ops)...)
+	rep.CheckTime = time.Since(began)
+	return rep
+}
+
+// history converts the key-value operations to porcupine's form. Scans
+// become one read per key of the range they cover: the storage service
+// answers a scan from a view that has applied every write acknowledged
+// before the scan began, and the view is a consistent cut of the stream
+// taken while the scan ran, so each key in it is a linearizable read.
+// Reads without an answer carry no information and are left out; writes
+// refused for another reason than 409 (a 400: the checker's own mistake)
+// changed nothing and are left out too.
+func (r *run) history(ops []Op) []porcupine.Operation {
+	var h []porcupine.Operation
+	add := func(op Op, in kvmodel.Input, out kvmodel.Output) {
+		ret := int64(op.Return)
+		if out.Unknown {
+			ret = forever
+		}
+		h = append(h, porcupine.Operation{ClientId: op.Client, Call: int64(op.Call), Return: ret, Input: in, Output: out})
+	}
+	for _, op := range ops {
+		switch op.Kind {
+		case KindGet, KindFinalGet:
+			if op.Outcome == OK {
+				add(op, kvmodel.Input{Op: kvmodel.Get, Key: op.Key}, kvmodel.Output{Found: op.Found, Value: op.Result, Rev: op.Rev})
+			}
+		case KindPut, KindCAS, KindDel:
+			if op.Invalid {
+				continue
+			}
+			in := kvmodel.Input{Op: kvmodel.Put, Key: op.Key, Value: op.Value, Fence: op.Token}
+			switch op.Kind {
+			case KindCAS:
+				in.Op, in.Expected = kvmodel.CAS, op.Expected
+			case KindDel:
+				in.Op = kvmodel.Del
+			}
+			out := kvmodel.Output{Unknown: op.Outcome == Unknown, Conflict: op.Outcome == Failed, Rev: op.Rev, Found: op.Found}
+			if in.Op == kvmodel.Del {
+				out.Rev = 0
+			}
+			add(op, in, out)
+		case KindScan:
+			if op.Outcome != OK {
+				continue
+			}
+			items := map[string]Item{}
+			for _, it := range op.Items {
+				items[it.Key] = it
+			}
+			for _, key := range r.scanRange(op) {
+				it, found := items[key]
+				add(op, kvmodel.Input{Op: kvmodel.Get, Key: key}, kvmodel.Output{Found: found, Value: it.Value, Rev: it.Rev})
+			}
+		}
+	}
+	return h
+}
+
+// scanRange lists the workload's keys a successful scan answered for:
+// those with its prefix after its start key, up to its last item when more
+// keys follow.
+func (r *run) scanRange(op Op) []string {
+	if op.More && len(op.Items) == 0 {
+		return nil // answers for no key; checkScans reports the page
+	}
+	var out []string
+	for _, key := range r.keys {
+		if !strings.HasPrefix(key, op.Prefix) || (op.After != "" && key <= op.After) {
+			continue
+		}
+		if op.More && len(op.Items) > 0 && key > op.Items[len(op.Items)-1].Key {
+			continue
+		}
+		out = append(out, key)
+	}
+	return out
+}
+
+func (r *run) checkLinearizable(ops []Op, rep *Report) {
+	h := r.history(ops)
+	model := kvmodel.Model()
+	res, info := porcupine.CheckOperationsVerbose(model, h, r.cfg.CheckTimeout)
+	switch res {
+	case porcupine.Ok:
+		rep.Linearizable = fmt.Sprintf("linearizable (%d operations)", len(h))
+		return
+	case porcupine.Unknown:
+		rep.Linearizable = fmt.Sprintf("inconclusive: porcupine gave up after %s (%d operations)", r.cfg.CheckTimeout, len(h))
+		return
+	}
+	rep.Linearizable = fmt.Sprintf("NOT linearizable (%d operations)", len(h))
+	// Name the keys whose histories fail, each checked on its own.
+	byKey := map[string][]porcupine.Operation{}
+	for _, op := range h {
+		k := op.Input.(kvmodel.Input).Key
+		byKey[k] = append(byKey[k], op)
+	}
+	var bad []string
+	for _, k := range r.keys {
+		if porcupine.CheckOperationsTimeout(model, byKey[k], r.cfg.CheckTimeout) == porcupine.Illegal {
+			bad = append(bad, k)
+		}
+	}
+	var notes []porcupine.Annotation
+	for _, f := range rep.Faults {
+		notes = append(notes, porcupine.Annotation{Tag: "faults", Start: int64(f.Injected), End: int64(f.Healed),
+			Description: f.Fault.String(), Details: f.Note, BackgroundColor: "#fdd"})
+	}
+	info.AddAnnotations(notes)
+	dir := r.cfg.OutDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	path := filepath.Join(dir, fmt.Sprintf("latchkey-check-%d.html", r.cfg.Seed))
+	if err := porcupine.VisualizePath(model, info, path); err == nil {
+		rep.Visualisation = path
+	} else {
+		path = "(could not write the visualisation: " + err.Error() + ")"
+	}
+	rep.Violations = append(rep.Violations, Violation{CheckLinearizable,
+		fmt.Sprintf("no linearization of the history of key(s) %s; visualisation: %s", strings.Join(bad, ", "), path)})
+}
+
+// keyWrites indexes the writes of each key that may have happened.
+type keyWrites struct {
+	byValue map[string]Op // puts and CAS puts by their unique value
+	changes []Op          // acknowledged changes with their revision, by revision
+	dels    []Op          // deletes that may have deleted (ok with deleted, or unknown)
+}
+
+func indexWrites(ops []Op) map[string]*keyWrites {
+	idx := map[string]*keyWrites{}
+	get := func(k string) *keyWrites {
+		w := idx[k]
+		if w == nil {
+			w = &keyWrites{byValue: map[string]Op{}}
+			idx[k] = w
+		}
+		return w
+	}
+	for _, op := range ops {
+		if op.Outcome == Failed {
+			continue
+		}
+		switch op.Kind {
+		case KindPut, KindCAS:
+			w := get(op.Key)
+			w.byValue[op.Value] = op
+			if op.Outcome == OK {
+				w.changes = append(w.changes, op)
+			}
+		case KindDel:
+			w := get(op.Key)
+			if op.Outcome == Unknown || op.Found {
+				w.dels = append(w.dels, op)
+			}
+			if op.Outcome == OK && op.Found {
+				w.changes = append(w.changes, op)
+			}
+		}
+	}
+	for _, w := range idx {
+		slices.SortFunc(w.changes, func(a, b Op) int { return cmp.Compare(a.Rev, b.Rev) })
+	}
+	return idx
+}
+
+// checkStale checks stale gets against what the docs promise them: a
+// stale get answers from a storage instance's view, which applies the
+// stream in order and refuses stale reads once it has lost contact with
+// its stream for a few seconds. So a stale get returns a value that was
+// really written (by a put invoked before the get returned, with that
+// put's revision), or absent; and it is not older than StaleBound: it
+// misses no write acknowledged more than StaleBound before it began.
+// Stale gets are not promised to be monotonic across gets (two instances
+// may serve them), so that is not checked.
+//
+// It also measures the lag: for a stale get that missed acknowledged
+// changes, how long before the get the first of them was acknowledged.
+func (r *run) checkStale(ops []Op, rep *Report) []Violation {
+	idx := indexWrites(ops)
+	bound := r.cfg.StaleBound
+	var vs []Violation
+	for _, op := range ops {
+		if op.Kind != KindStaleGet || op.Outcome != OK {
+			continue
+		}
+		w := idx[op.Key]
+		if w == nil {
+			w = &keyWrites{byValue: map[string]Op{}}
+		}
+		// The newest acknowledged change the read must not be older than.
+		var floor *Op
+		for i := range w.changes {
+			if w.changes[i].Return < op.Call-bound {
+				if floor == nil || w.changes[i].Rev > floor.Rev {
+					floor = &w.changes[i]
+				}
+			}
+		}
+		if op.Found {
+			src, ok := w.byValue[op.Result]
+			switch {
+			case !ok:
+				vs = append(vs, Violation{CheckStale, fmt.Sprintf("stale get of %q at %s returned %q, which no put wrote", op.Key, at(op), op.Result)})
+				continue
+			case src.Call > op.Return:
+				vs = append(vs, Violation{CheckStale, fmt.Sprintf("stale get of %q at %s returned %q, written by a put invoked only at %.3fs", op.Key, at(op), op.Result, src.Call.Seconds())})
+				continue
+			case src.Outcome == OK && src.Rev != op.Rev:
+				vs = append(vs, Violation{CheckStale, fmt.Sprintf("stale get of %q at %s returned %q at revision %d; the put was acknowledged with revision %d", op.Key, at(op), op.Result, op.Rev, src.Rev)})
+				continue
+			}
+			missed := time.Duration(-1)
+			var first Op
+			for _, c := range w.changes {
+				if c.Rev > op.Rev && c.Return < op.Call && op.Call-c.Return > missed {
+					missed, first = op.Call-c.Return, c
+				}
+			}
+			if missed >= 0 {
+				rep.StaleBehind++
+				if missed > rep.StaleMaxLag {
+					rep.StaleMaxLag, rep.StaleMaxLagAt, rep.StaleMaxLagMissed = missed, op, first
+				}
+			}
+			if floor != nil && floor.Rev > op.Rev {
+				vs = append(vs, Violation{CheckStale, fmt.Sprintf("stale get of %q at %s returned revision %d, older than revision %d acknowledged at %.3fs, more than %s before the read",
+					op.Key, at(op), op.Rev, floor.Rev, floor.Return.Seconds(), bound)})
+			}
+			continue
+		}
+		if floor == nil || floor.Kind == KindDel {
+			continue
+		}
+		// Absent although a put was acknowledged long before: some delete
+		// must have come after it.
+		deleted := false
+		for _, d := range w.dels {
+			if d.Call < op.Return && (d.Outcome == Unknown || d.Rev > floor.Rev) {
+				deleted = true
+				break
+			}
+		}
+		if !deleted {
+			vs = append(vs, Violation{CheckStale, fmt.Sprintf("stale get of %q at %s found nothing, but %q was acknowledged at %.3fs (revision %d), more than %s before, and no delete followed",
+				op.Key, at(op), floor.Value, floor.Return.Seconds(), floor.Rev, bound)})
+		}
+	}
+	return vs
+}
+
+func at(op Op) string { return fmt.Sprintf("%.3fs-%.3fs", op.Call.Seconds(), op.Return.Seconds()) }
+
+// checkScans checks each page's own rules: keys strictly ascending (so
+// no duplicates), every key with the prefix and after the start key, at
+// most limit items, and every item a value some put wrote, with that
+// put's revision when it was acknowledged.
+func (r *run) checkScans(ops []Op) []Violation {
+	idx := indexWrites(ops)
+	var vs []Violation
+	for _, op := range ops {
+		if op.Kind != KindScan || op.Outcome != OK {
+			continue
+		}
+		bad := func(format string, args ...any) {
+			vs = append(vs, Violation{CheckScan, fmt.Sprintf("scan %q after %q limit %d at %s: ", op.Prefix, op.After, op.Limit, at(op)) + fmt.Sprintf(format, args...)})
+		}
+		if len(op.Items) > op.Limit {
+			bad("%d items", len(op.Items))
+		}
+		if op.More && len(op.Items) == 0 {
+			bad("an empty page claims more keys")
+		}
+		for i, it := range op.Items {
+			if i > 0 && it.Key <= op.Items[i-1].Key {
+				bad("%q follows %q: not strictly ascending", it.Key, op.Items[i-1].Key)
+			}
+			if !strings.HasPrefix(it.Key, op.Prefix) {
+				bad("%q lacks the prefix", it.Key)
+			}
+			if op.After != "" && it.Key <= op.After {
+				bad("%q is not after the start key", it.Key)
+			}
+			w := idx[it.Key]
+			var src Op
+			ok := w != nil
+			if ok {
+				src, ok = w.byValue[it.Value]
+			}
+			switch {
+			case !ok:
+				bad("%q holds %q, which no put wrote", it.Key, it.Value)
+			case src.Call > op.Return:
+				bad("%q holds %q, written by a put invoked after the scan returned", it.Key, it.Value)
+			case src.Outcome == OK && src.Rev != it.Rev:
+				bad("%q holds %q at revision %d; the put was acknowledged with revision %d", it.Key, it.Value, it.Rev, src.Rev)
+			}
+		}
+	}
+	return vs
+}
+
+// holder is one lease of a lock as its holder knew it: the intervals in
+// which it could rely on holding the lock.
+type holder struct {
+	client int
+	token  uint64
+	spans  [][2]time.Duration
+}
+
+// checkLockOverlap checks mutual exclusion. A holder may rely on its lease
+// from the acquire's acknowledgement until the acquire's invocation plus
+// the lease (the grant happened no earlier than the invocation, and a
+// lease never ends early); each acknowledged renewal adds the span from its
+// acknowledgement to its invocation plus the lease; invoking release ends
+// them all. Every time is read from one monotonic clock in this process,
+// and the server's clocks only ever make leases longer than this, so two
+// holders of one name whose spans overlap held it at once.
+func checkLockOverlap(ops []Op) []Violation {
+	holders := map[string]map[uint64]*holder{}
+	for _, op := range ops {
+		if op.Kind == KindAcquire && op.Outcome == OK {
+			if holders[op.Key] == nil {
+				holders[op.Key] = map[uint64]*holder{}
+			}
+			if h := holders[op.Key][op.Token]; h != nil {
+				continue // a duplicate token: checkTokens reports it
+			}
+			holders[op.Key][op.Token] = &holder{client: op.Client, token: op.Token, spans: [][2]time.Duration{{op.Return, op.ValidUntil}}}
+		}
+	}
+	for _, op := range ops {
+		h := holders[op.Key][op.Token]
+		if h == nil {
+			continue
+		}
+		switch {
+		case op.Kind == KindRenew && op.Outcome == OK:
+			h.spans = append(h.spans, [2]time.Duration{op.Return, op.ValidUntil})
+		case op.Kind == KindRelease:
+			for i := range h.spans {
+				h.spans[i][1] = min(h.spans[i][1], op.Call)
+			}
+		}
+	}
+	var vs []Violation
+	for name, hs := range holders {
+		list := make([]*holder, 0, len(hs))
+		for _, h := range hs {
+			list = append(list, h)
+		}
+		slices.SortFunc(list, func(a, b *holder) int { return cmp.Compare(a.token, b.token) })
+		for i, a := range list {
+			for _, b := range list[i+1:] {
+				if s, ok := overlap(a.spans, b.spans); ok {
+					vs = append(vs, Violation{CheckLockOverlap, fmt.Sprintf("lock %q: client %d (token %d) and client %d (token %d) both held it during %.3fs-%.3fs",
+						name, a.client, a.token, b.client, b.token, s[0].Seconds(), s[1].Seconds())})
+				}
+			}
+		}
+	}
+	return vs
+}
+
+func overlap(a, b [][2]time.Duration) ([2]time.Duration, bool) {
+	for _, x := range a {
+		for _, y := range b {
+			lo, hi := max(x[0], y[0]), min(x[1], y[1])
+			if lo < hi {
+				return [2]time.Duration{lo, hi}, true
+			}
+		}
+	}
+	return [2]time.Duration{}, false
+}
+
+// checkTokens checks that every acquire of a name returned a token greater
+// than every token an acquire of that name had returned before it was
+// invoked (and so that no token is handed out twice).
+func checkTokens(ops []Op) []Violation {
+	byName := map[string][]Op{}
+	for _, op := range ops {
+		if op.Kind == KindAcquire && op.Outcome == OK {
+			byName[op.Key] = append(byName[op.Key], op)
+		}
+	}
+	var vs []Violation
+	for name, acqs := range byName {
+		seen := map[uint64]Op{}
+		for _, a := range acqs {
+			if b, dup := seen[a.Token]; dup {
+				vs = append(vs, Violation{CheckLockToken, fmt.Sprintf("lock %q: token %d granted twice (clients %d and %d)", name, a.Token, b.Client, a.Client)})
+			}
+			seen[a.Token] = a
+		}
+		vs = append(vs, realTimeOrder(acqs, func(earlier, later Op) string {
+			return fmt.Sprintf("lock %q: acquire at %s returned token %d, not above token %d acknowledged at %.3fs",
+				name, at(later), later.Token, earlier.Token, earlier.Return.Seconds())
+		}, CheckLockToken)...)
+	}
+	return vs
+}
+
+// realTimeOrder reports every op whose token is below the highest token
+// of the ops that returned before it was invoked. (Equal tokens are one
+// holder writing again, or, for acquires, the duplicate checkTokens
+// reports on its own.)
+func realTimeOrder(ops []Op, describe func(earlier, later Op) string, check string) []Violation {
+	byCall := slices.Clone(ops)
+	slices.SortFunc(byCall, func(a, b Op) int { return cmp.Compare(a.Call, b.Call) })
+	byReturn := slices.Clone(ops)
+	slices.SortFunc(byReturn, func(a, b Op) int { return cmp.Compare(a.Return, b.Return) })
+	var vs []Violation
+	var best *Op
+	j := 0
+	for _, op := range byCall {
+		for j < len(byReturn) && byReturn[j].Return < op.Call {
+			if best == nil || byReturn[j].Token > best.Token {
+				best = &byReturn[j]
+			}
+			j++
+		}
+		if best != nil && op.Token < best.Token {
+			vs = append(vs, Violation{check, describe(*best, op)})
+		}
+	}
+	return vs
+}
+
+// checkFences checks that no fenced write was accepted with a token below
+// one a fenced write to the same key had been acknowledged with before it
+// was invoked. (The key keeps its highest token; porcupine checks the same
+// rule in full, this names the writes.)
+func checkFences(ops []Op) []Violation {
+	byKey := map[string][]Op{}
+	for _, op := range ops {
+		if (op.Kind == KindPut || op.Kind == KindDel) && op.Token != 0 && op.Outcome == OK {
+			byKey[op.Key] = append(byKey[op.Key], op)
+		}
+	}
+	var vs []Violation
+	for key, ws := range byKey {
+		for _, v := range realTimeOrder(ws, func(earlier, later Op) string {
+			return fmt.Sprintf("key %q: %s with token %d by client %d at %s accepted after a %s with token %d was acknowledged at %.3fs",
+				key, later.Kind, later.Token, later.Client, at(later), earlier.Kind, earlier.Token, earlier.Return.Seconds())
+		}, CheckFence) {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// checkDurability compares the final linearizable read of every key with
+// the acknowledged writes: the newest acknowledged change (by revision)
+// must still be there unless a write with an unknown outcome, or one that
+// was still running, replaced it.
+func (r *run) checkDurability(ops []Op) []Violation {
+	idx := indexWrites(ops)
+	final := map[string]Op{}
+	for _, op := range ops {
+		if op.Kind == KindFinalGet && op.Outcome == OK {
+			final[op.Key] = op
+		}
+	}
+	var vs []Violation
+	for _, key := range r.keys {
+		f, ok := final[key]
+		if !ok {
+			continue
+		}
+		w := idx[key]
+		if w == nil || len(w.changes) == 0 {
+			continue
+		}
+		last := w.changes[len(w.changes)-1]
+		if f.Found {
+			src, known := w.byValue[f.Result]
+			switch {
+			case f.Rev < last.Rev:
+				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q ends at revision %d (%q), but a %s was acknowledged with revision %d at %.3fs: lost",
+					key, f.Rev, f.Result, last.Kind, last.Rev, last.Return.Seconds())})
+			case !known:
+				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q ends with %q, which no put wrote", key, f.Result)})
+			case f.Rev > last.Rev && src.Outcome == OK:
+				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q ends at revision %d, above every acknowledged change, yet holds an acknowledged put's value %q (revision %d)", key, f.Rev, f.Result, src.Rev)})
+			}
+			continue
+		}
+		if last.Kind == KindDel {
+			continue
+		}
+		deleted := false
+		for _, d := range w.dels {
+			if d.Outcome == Unknown || d.Rev > last.Rev {
+				deleted = true
+				break
+			}
+		}
+		if !deleted {
+			vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q is absent at the end, but %q was acknowledged with revision %d at %.3fs and no delete followed: lost",
+				key, last.Value, last.Rev, last.Return.Seconds())})
+		}
+	}
+	return vs
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/latchkey/latchkey/check"
+	"github.com/latchkey/latchkey/check/inproc"
+	"github.com/latchkey/latchkey/client"
+	"github.com/nats-io/nats.go"
+)
+
+func checkCmd(ctx context.Context, args []string) error {
+	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process]
+
+Drives concurrent traffic (gets of both consistencies, puts, CAS puts,
+deletes, scans, lock sessions with fenced writes) against the deployment at
+--server, records every operation, and checks linearizability (porcupine),
+stale reads, scans, lock safety, fencing and durability. With --in-process it
+starts its own 3-node NATS cluster and the services instead, and injects
+faults on a schedule reproducible with --seed. Progress goes to stderr, the
+summary to stdout; the exit code is 1 when a violation was found.
+See docs/CORRECTNESS.md.`)
+	duration := fs.Duration("duration", 30*time.Second, "how long to drive traffic")
+	clients := fs.Int("clients", 8, "concurrent clients")
+	keys := fs.Int("keys", 16, "keys in the key space")
+	locks := fs.Int("locks", 4, "lock names (key i is fenced by lock i%locks)")
+	seed := fs.Uint64("seed", uint64(time.Now().UnixNano()), "seed of the workload and the fault schedule")
+	inProcess := fs.Bool("in-process", false, "start an in-process 3-node cluster with the services and inject faults")
+	noFaults := fs.Bool("no-faults", false, "with --in-process: inject no faults")
+	pause := fs.Bool("pause-holder", false, "schedule paused lock holders (always on with --in-process unless --no-faults)")
+	staleBound := fs.Duration("stale-bound", 15*time.Second, "how far behind a stale get may be")
+	opTimeout := fs.Duration("op-timeout", 2*time.Second, "timeout of one request; past it the outcome is unknown")
+	namespace := fs.String("namespace", "", `prefix of the keys and lock names used (default "latchkey-check/<seed>/")`)
+	out := fs.String("out", os.TempDir(), "directory for porcupine's visualisation on a violation")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if err := wantArgs(fs, pos); err != nil {
+		return err
+	}
+	if *duration <= 0 || *clients < 1 || *keys < 1 || *locks < 1 {
+		return usagef("--duration, --clients, --keys and --locks must be positive")
+	}
+	cfg := check.Config{
+		Duration: *duration, Clients: *clients, Keys: *keys, Locks: *locks, Seed: *seed,
+		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
+		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out,
+	}
+	if *inProcess {
+		dir, err := os.MkdirTemp("", "latchkey-check")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		fmt.Fprintf(os.Stderr, "starting an in-process 3-node cluster with 2 instances of every service\n")
+		d, err := inproc.Start(ctx, inproc.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout})
+		if err != nil {
+			return fmt.Errorf("starting the in-process deployment: %w", err)
+		}
+		defer d.Close()
+		cfg.Connect = d.Connect
+		if !*noFaults {
+			cfg.Injector, cfg.PauseHolder = d, true
+		}
+	} else {
+		var conns []*nats.Conn
+		defer func() {
+			for _, nc := range conns {
+				nc.Close()
+			}
+		}()
+		cfg.Connect = func(_ context.Context, i int) (*client.Client, error) {
+			nc, err := nats.Connect(global.server, nats.Name(fmt.Sprintf("latchkey-check-%d", i)),
+				nats.Timeout(global.timeout), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+			if err != nil {
+				return nil, &unreachableError{server: global.server, err: err}
+			}
+			conns = append(conns, nc)
+			return client.New(nc, client.WithPrefix(global.prefix), client.WithTimeout(*opTimeout)), nil
+		}
+	}
+	rep, err := check.Run(ctx, cfg)
+	if rep != nil {
+		rep.Print(os.Stdout)
+	}
+	if errors.Is(err, check.ErrViolations) {
+		return fmt.Errorf("%w (seed %d)", err, *seed)
+	}
+	return err
+}
