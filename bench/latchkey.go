@@ -1,0 +1,220 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchkey/latchkey/client"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/services/locker"
+	"github.com/latchkey/latchkey/services/router"
+	"github.com/latchkey/latchkey/services/storage"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Durability settings of JetStream, as reports print them.
+const (
+	DurabilityJSDefault = "JetStream file store, fsync every 2 min (default sync_interval)"
+	DurabilityJSAlways  = "JetStream sync_interval always (fsync before every ack)"
+	DurabilityExternal  = "as configured on the target NATS server"
+)
+
+// DeploymentConfig configures an in-process deployment.
+type DeploymentConfig struct {
+	Dir        string // JetStream data; required
+	Shards     int    // default 3
+	SyncAlways bool
+	Prefix     string // default "latchkey"
+	Logger     *slog.Logger
+}
+
+// Deployment is a NATS server with JetStream plus the storage, router and
+// locker services, all in this process, as `latchkey dev` runs them.
+type Deployment struct {
+	Server     *server.Server
+	URL        string
+	Durability string
+	// ServiceConn is the in-process connection the services share.
+	ServiceConn *nats.Conn
+	stops       []func(context.Context) error
+}
+
+// StartDeployment starts NATS and the three services and returns once
+// they serve.
+func StartDeployment(ctx context.Context, cfg DeploymentConfig) (*Deployment, error) {
+	if cfg.Shards < 1 {
+		cfg.Shards = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	srv, err := natstest.Start(natstest.Options{StoreDir: cfg.Dir, Name: "latchkey-bench", SyncAlways: cfg.SyncAlways})
+	if err != nil {
+		return nil, fmt.Errorf("starting NATS: %w", err)
+	}
+	d := &Deployment{Server: srv, URL: srv.ClientURL(), Durability: DurabilityJSDefault}
+	if cfg.SyncAlways {
+		d.Durability = DurabilityJSAlways
+	}
+	d.ServiceConn, err = nats.Connect(d.URL, nats.InProcessServer(srv), nats.Name("latchkey-bench-services"))
+	if err != nil {
+		d.Stop(ctx)
+		return nil, err
+	}
+	ids := make([]string, cfg.Shards)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	st, err := storage.Start(ctx, d.ServiceConn, storage.Config{Prefix: cfg.Prefix, Shards: ids, Logger: cfg.Logger})
+	if err != nil {
+		d.Stop(ctx)
+		return nil, fmt.Errorf("starting storage: %w", err)
+	}
+	d.stops = append(d.stops, st.Stop)
+	rt, err := router.Start(ctx, d.ServiceConn, router.Config{Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: cfg.Logger})
+	if err != nil {
+		d.Stop(ctx)
+		return nil, fmt.Errorf("starting router: %w", err)
+	}
+	d.stops = append(d.stops, rt.Stop)
+	lk, err := locker.Start(ctx, d.ServiceConn, locker.Config{Prefix: cfg.Prefix, Logger: cfg.Logger})
+	if err != nil {
+		d.Stop(ctx)
+		return nil, fmt.Errorf("starting locker: %w", err)
+	}
+	d.stops = append(d.stops, lk.Stop)
+	return d, nil
+}
+
+// Stop stops the services, then the connection, then the server.
+func (d *Deployment) Stop(ctx context.Context) {
+	for i := len(d.stops) - 1; i >= 0; i-- {
+		_ = d.stops[i](ctx)
+	}
+	d.stops = nil
+	if d.ServiceConn != nil {
+		d.ServiceConn.Close()
+	}
+	if d.Server != nil {
+		d.Server.Shutdown()
+		d.Server.WaitForShutdown()
+	}
+}
+
+// connPool opens n client connections to url; calls spread over them.
+func connPool(url, name string, n int) ([]*nats.Conn, error) {
+	conns := make([]*nats.Conn, 0, n)
+	for i := 0; i < max(n, 1); i++ {
+		nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, fmt.Errorf("connecting to %s: %w", url, err)
+		}
+		conns = append(conns, nc)
+	}
+	return conns, nil
+}
+
+// Latchkey is the System of a latchkey deployment reached over NATS.
+type Latchkey struct {
+	durability string
+	conns      []*nats.Conn
+	clients    []*client.Client
+	next       atomic.Uint32
+}
+
+// NewLatchkey connects conns client connections to the deployment at url.
+func NewLatchkey(url, prefix, durability string, conns int) (*Latchkey, error) {
+	pool, err := connPool(url, "latchkey-bench", conns)
+	if err != nil {
+		return nil, err
+	}
+	l := &Latchkey{durability: durability, conns: pool}
+	for _, nc := range pool {
+		opts := []client.Option{client.WithTimeout(10 * time.Second)}
+		if prefix != "" {
+			opts = append(opts, client.WithPrefix(prefix))
+		}
+		l.clients = append(l.clients, client.New(nc, opts...))
+	}
+	return l, nil
+}
+
+func (l *Latchkey) c() *client.Client {
+	return l.clients[int(l.next.Add(1))%len(l.clients)]
+}
+
+// Name implements System.
+func (l *Latchkey) Name() string { return "latchkey" }
+
+// Durability implements System.
+func (l *Latchkey) Durability() string { return l.durability }
+
+// Get implements System.
+func (l *Latchkey) Get(ctx context.Context, key string, stale bool) error {
+	var opts []client.GetOption
+	if stale {
+		opts = append(opts, client.Stale())
+	}
+	_, err := l.c().Get(ctx, key, opts...)
+	if errors.Is(err, client.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Put implements System.
+func (l *Latchkey) Put(ctx context.Context, key string, value []byte) error {
+	_, err := l.c().Put(ctx, key, value)
+	return err
+}
+
+// CAS implements System.
+func (l *Latchkey) CAS(ctx context.Context, key string, value []byte, rev *uint64) error {
+	r, err := l.c().Put(ctx, key, value, client.IfRevision(*rev))
+	if err != nil {
+		return err
+	}
+	*rev = r
+	return nil
+}
+
+// Scan implements System.
+func (l *Latchkey) Scan(ctx context.Context, prefix, after string, limit int) (int, error) {
+	p, err := l.c().Scan(ctx, prefix, client.After(after), client.Limit(limit))
+	if err != nil {
+		return 0, err
+	}
+	return len(p.Items), nil
+}
+
+// Acquire implements System. Leases are 10 s without keep-alive: every
+// benchmark holder releases long before.
+func (l *Latchkey) Acquire(ctx context.Context, name string, wait bool) (func(context.Context) error, error) {
+	opts := []client.LockOption{client.WithOwner("bench"), client.WithLeaseTTL(10 * time.Second), client.WithoutKeepAlive()}
+	if wait {
+		opts = append(opts, client.WithWait(time.Minute))
+	}
+	lk, err := l.c().Acquire(ctx, name, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return lk.Release, nil
+}
+
+// Close implements System.
+func (l *Latchkey) Close() error {
+	for _, nc := range l.conns {
+		nc.Close()
+	}
+	return nil
+}
