@@ -122,9 +122,9 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 	}
 	r := m.(*pb.GetRequest)
 	if r.Consistency == pb.Consistency_CONSISTENCY_STALE {
-		if !sh.healthy.Load() {
+		if !sh.healthy.Load() || sh.lagging() {
 			return nil, apierr.Unavailable("view_stale",
-				"shard %s: this instance lost contact with its stream; stale reads are refused until it is back", sh.id)
+				"shard %s: this instance's view is behind its stream; stale reads are refused until it catches up", sh.id)
 		}
 		v, seq, ok := sh.view.get(r.Key)
 		if !ok {

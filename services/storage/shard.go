@@ -29,6 +29,10 @@ const (
 	maxWriteAttempts = 16
 	monitorInterval  = 5 * time.Second
 	probeTimeout     = 3 * time.Second
+	// lagTolerance is how long the view may trail a write this instance
+	// saw acknowledged before the monitor probes it and, if it does not
+	// catch up, refuses stale reads and restarts its consumer.
+	lagTolerance = time.Second
 )
 
 // shard serves one shard id from one KV bucket.
@@ -51,6 +55,11 @@ type shard struct {
 	// answered from the view behind a shared barrier (see getBatched).
 	linGets      atomic.Int64
 	batchedReads atomic.Int64
+	// acked is the highest stream sequence this instance saw acknowledged
+	// (its own writes and barriers): the view must reach it soon.
+	acked atomic.Uint64
+	// kick asks the monitor to probe now (a sync found the view behind).
+	kick chan struct{}
 
 	ccMu sync.Mutex
 	cc   jetstream.ConsumeContext
@@ -71,6 +80,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 		maxValue: cfg.MaxValueBytes,
 		view:     newView(),
 		done:     make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 	}
 	sh.msgGet = "$JS.API.STREAM.MSG.GET." + sh.stream
 	sh.barrier.publish = sh.publishBarrier
@@ -80,7 +90,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 	if err := sh.startConsumer(ctx, 0); err != nil {
 		return nil, err
 	}
-	if err := sh.sync(ctx); err != nil {
+	if err := sh.syncRetrying(ctx); err != nil {
 		sh.stopConsumer()
 		return nil, fmt.Errorf("storage: load view of %s: %w", bucket, err)
 	}
@@ -158,39 +168,27 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	sh.view.apply(key, err == nil, md.Sequence.Stream, isLive(h), m.Data(), h.Get(hdrFences))
 }
 
-// monitor checks an idle view's contact with its stream by a barrier, marks
+// monitor checks the view's contact with its stream by a barrier, marks
 // the view unhealthy (stale reads refused) when that fails, and restarts a
 // consumer that stopped delivering: ordered consumers have been seen not to
-// resume after reconnects.
+// resume after reconnects and leader changes. It probes an idle view every
+// monitorInterval, a view that trails an acknowledged write for
+// lagTolerance, and at once when a sync found the view behind.
 func (sh *shard) monitor(ctx context.Context) {
 	defer close(sh.done)
-	t := time.NewTicker(monitorInterval)
+	t := time.NewTicker(lagTolerance / 2)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		if time.Since(sh.view.lastProgress()) < monitorInterval && sh.healthy.Load() {
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-		seq, err := sh.barrier.get(pctx)
-		if err == nil {
-			err = sh.view.wait(pctx, seq)
-			if err != nil && ctx.Err() == nil {
-				applied := sh.view.appliedSeq()
-				sh.log.Warn("view stalled; restarting its consumer", "applied", applied, "barrier", seq)
-				rctx, rcancel := context.WithTimeout(ctx, probeTimeout)
-				rerr := sh.startConsumer(rctx, applied+1)
-				rcancel()
-				if rerr != nil {
-					sh.log.Warn("view consumer restart failed", "err", rerr)
-				}
+			if !sh.needsProbe() {
+				continue
 			}
+		case <-sh.kick:
 		}
-		cancel()
+		err := sh.probe(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -198,6 +196,40 @@ func (sh *shard) monitor(ctx context.Context) {
 			sh.log.Info("view health changed", "healthy", err == nil, "err", err)
 		}
 	}
+}
+
+// needsProbe says whether the view has been idle for monitorInterval, has
+// trailed an acknowledged write for lagTolerance, or is marked unhealthy.
+func (sh *shard) needsProbe() bool {
+	return !sh.healthy.Load() || time.Since(sh.view.lastProgress()) >= monitorInterval || sh.lagging()
+}
+
+// lagging says whether the view has trailed a write this instance saw
+// acknowledged for lagTolerance without progress: a stale read would then
+// miss a write acknowledged over a second ago.
+func (sh *shard) lagging() bool {
+	return sh.view.appliedSeq() < sh.acked.Load() && time.Since(sh.view.lastProgress()) >= lagTolerance
+}
+
+// probe publishes a barrier and waits for the view to apply it; a view
+// that does not gets a new consumer from where it stopped.
+func (sh *shard) probe(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	seq, err := sh.barrier.get(pctx)
+	if err != nil {
+		return err
+	}
+	if err = sh.view.wait(pctx, seq); err != nil && ctx.Err() == nil {
+		applied := sh.view.appliedSeq()
+		sh.log.Warn("view stalled; restarting its consumer", "applied", applied, "barrier", seq)
+		rctx, rcancel := context.WithTimeout(ctx, probeTimeout)
+		if rerr := sh.startConsumer(rctx, applied+1); rerr != nil {
+			sh.log.Warn("view consumer restart failed", "err", rerr)
+		}
+		rcancel()
+	}
+	return err
 }
 
 func (sh *shard) close() {
@@ -217,9 +249,31 @@ func (sh *shard) sync(ctx context.Context) error {
 		return err
 	}
 	if err := sh.view.wait(ctx, seq); err != nil {
+		select { // let the monitor find out why, now rather than later
+		case sh.kick <- struct{}{}:
+		default:
+		}
 		return apierr.Unavailable("view_behind", "shard %s: the view did not catch up with the stream in time", sh.id)
 	}
 	return nil
+}
+
+// syncRetrying is sync for start-up: a stream created a moment ago may not
+// have elected its leader yet ("no response from stream"), so failures are
+// retried with backoff until ctx ends.
+func (sh *shard) syncRetrying(ctx context.Context) error {
+	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
+		err := sh.sync(ctx)
+		if err == nil {
+			return nil
+		}
+		sh.log.Warn("view not loaded yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
 
 func (sh *shard) publishBarrier(ctx context.Context) (uint64, error) {
@@ -227,7 +281,18 @@ func (sh *shard) publishBarrier(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, unavailable(sh.id, "scan barrier", err)
 	}
+	sh.noteAcked(ack.Sequence)
 	return ack.Sequence, nil
+}
+
+// noteAcked records that the stream holds seq, which the view must reach.
+func (sh *shard) noteAcked(seq uint64) {
+	for {
+		cur := sh.acked.Load()
+		if seq <= cur || sh.acked.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
 }
 
 // barrier hands out stream sequences that were assigned after the caller
@@ -421,6 +486,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 		ack, err := sh.js.PublishMsg(pctx, msg)
 		endPublish(span, ack, err)
 		if err == nil {
+			sh.noteAcked(ack.Sequence)
 			sh.view.remember(w.key, base{seq: ack.Sequence, live: !w.del, fences: fencesHdr})
 			return writeResult{seq: ack.Sequence, wrote: true, was: cur.live}, nil
 		}
