@@ -164,63 +164,7 @@ func decodeCheck(r *service.Request, m proto.Message, maxValue int) error {
 	if err := r.Decode(m); err != nil {
 		return err
 	}
-	return check(m, maxValue)
-}
-
-// check applies the limits of docs/API.md to a decoded public request, so
-// bad input is answered here with a 400 or 413 and never reaches a shard.
-func check(m proto.Message, maxValue int) error {
-	switch r := m.(type) {
-	case *pb.GetRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		if _, ok := pb.Consistency_name[int32(r.Consistency)]; !ok {
-			return apierr.Invalid("invalid_consistency",
-				"consistency is %d; it must be CONSISTENCY_LINEARIZABLE (the default) or CONSISTENCY_STALE", r.Consistency)
-		}
-	case *pb.PutRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		if err := limits.Value(r.Value, maxValue); err != nil {
-			return err
-		}
-		if err := limits.TTL("ttl_ms", r.TtlMs, true); err != nil {
-			return err
-		}
-		return checkFence(r.Fence)
-	case *pb.DeleteRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		return checkFence(r.Fence)
-	case *pb.ScanRequest:
-		if err := limits.Key("prefix", r.Prefix, true); err != nil {
-			return err
-		}
-		if err := limits.Key("after", r.After, true); err != nil {
-			return err
-		}
-		_, err := limits.ScanLimit(r.Limit)
-		return err
-	default:
-		return apierr.New(apierr.ErrInternal, "unknown_request", "router cannot check a %T", m)
-	}
-	return nil
-}
-
-func checkFence(f *pb.Fence) error {
-	if f == nil {
-		return nil
-	}
-	if err := limits.LockName("fence.lock", f.Lock); err != nil {
-		return err
-	}
-	if f.Token == 0 {
-		return apierr.Invalid("missing_fence_token", "fence.token must be greater than 0 (a token from lock.acquire)")
-	}
-	return nil
+	return limits.Request(m, maxValue)
 }
 
 // forward sends in to the shard owning key and returns its answer. Shard

@@ -7,7 +7,6 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
-	"github.com/latchkey/latchkey/kit/limits"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -118,19 +117,6 @@ func fenceRaises(stored string, f *pb.Fence) bool {
 	}
 	fs, err := parseFences(stored)
 	return err == nil && fs[f.Lock] < f.Token
-}
-
-func validateFence(f *pb.Fence) error {
-	if f == nil {
-		return nil
-	}
-	if err := limits.LockName("fence.lock", f.Lock); err != nil {
-		return err
-	}
-	if f.Token == 0 {
-		return apierr.Invalid("invalid_fence", "fence.token must be greater than 0 (a token from lock.acquire)")
-	}
-	return nil
 }
 
 // subjectToken returns the last token of a stored message's subject.

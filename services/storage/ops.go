@@ -68,44 +68,7 @@ func DecodeRequest(op string, data []byte, asJSON bool, maxValue int) (proto.Mes
 }
 
 // Validate checks a decoded shard request against the API limits.
-func Validate(m proto.Message, maxValue int) error {
-	switch r := m.(type) {
-	case *pb.GetRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		if _, ok := pb.Consistency_name[int32(r.Consistency)]; !ok {
-			return apierr.Invalid("invalid_consistency",
-				"consistency %d is unknown; use CONSISTENCY_LINEARIZABLE or CONSISTENCY_STALE", r.Consistency)
-		}
-	case *pb.PutRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		if err := limits.Value(r.Value, maxValue); err != nil {
-			return err
-		}
-		if err := limits.TTL("ttl_ms", r.TtlMs, true); err != nil {
-			return err
-		}
-		return validateFence(r.Fence)
-	case *pb.DeleteRequest:
-		if err := limits.Key("key", r.Key, false); err != nil {
-			return err
-		}
-		return validateFence(r.Fence)
-	case *pb.ScanRequest:
-		if err := limits.Key("prefix", r.Prefix, true); err != nil {
-			return err
-		}
-		if err := limits.Key("after", r.After, true); err != nil {
-			return err
-		}
-		_, err := limits.ScanLimit(r.Limit)
-		return err
-	}
-	return nil
-}
+func Validate(m proto.Message, maxValue int) error { return limits.Request(m, maxValue) }
 
 func (sh *shard) decode(ctx context.Context, req *service.Request, op string) (proto.Message, error) {
 	m, err := DecodeRequest(op, req.Msg.Data, req.JSON, sh.maxValue)
