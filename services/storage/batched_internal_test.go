@@ -68,3 +68,25 @@ func TestBusyShardReadsBehindBarrier(t *testing.T) {
 		t.Fatal("no get took the batched path under 16 concurrent clients")
 	}
 }
+
+// An idle view that falls behind a fresh acknowledgement is not lagging
+// yet (its last progress is old, but it has only just been behind); it is
+// once it stays behind for lagTolerance, and stops being when it catches up.
+func TestLaggingCountsFromWhenTheViewFellBehind(t *testing.T) {
+	sh := &shard{view: newView()}
+	sh.view.apply("k", true, 10, true, []byte("v"), "")
+	sh.noteAcked(10)
+	time.Sleep(lagTolerance + 50*time.Millisecond) // idle: progress is old now
+	sh.noteAcked(11)
+	if sh.lagging() {
+		t.Fatal("a view idle for long reported lagging the moment a new write was acknowledged")
+	}
+	time.Sleep(lagTolerance + 50*time.Millisecond)
+	if !sh.lagging() {
+		t.Fatal("a view behind an acknowledged write for longer than lagTolerance is not lagging")
+	}
+	sh.view.apply("k", true, 11, true, []byte("w"), "")
+	if sh.lagging() {
+		t.Fatal("a view that caught up still lags")
+	}
+}

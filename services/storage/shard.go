@@ -57,7 +57,8 @@ type shard struct {
 	batchedReads atomic.Int64
 	// acked is the highest stream sequence this instance saw acknowledged
 	// (its own writes and barriers): the view must reach it soon.
-	acked atomic.Uint64
+	acked        atomic.Uint64
+	pendingSince atomic.Int64 // unix nanos: when the view last fell behind acked
 	// kick asks the monitor to probe now (a sync found the view behind).
 	kick chan struct{}
 
@@ -205,10 +206,19 @@ func (sh *shard) needsProbe() bool {
 }
 
 // lagging says whether the view has trailed a write this instance saw
-// acknowledged for lagTolerance without progress: a stale read would then
-// miss a write acknowledged over a second ago.
+// acknowledged for lagTolerance without applying anything meanwhile: a
+// stale read would then miss a write acknowledged over a second ago. (An
+// idle view's last progress is old; what counts is how long it has been
+// behind, so the wait starts at pendingSince at the earliest.)
 func (sh *shard) lagging() bool {
-	return sh.view.appliedSeq() < sh.acked.Load() && time.Since(sh.view.lastProgress()) >= lagTolerance
+	if sh.view.appliedSeq() >= sh.acked.Load() {
+		return false
+	}
+	since := time.Unix(0, sh.pendingSince.Load())
+	if p := sh.view.lastProgress(); p.After(since) {
+		since = p
+	}
+	return time.Since(since) >= lagTolerance
 }
 
 // probe publishes a barrier and waits for the view to apply it; a view
@@ -286,10 +296,18 @@ func (sh *shard) publishBarrier(ctx context.Context) (uint64, error) {
 }
 
 // noteAcked records that the stream holds seq, which the view must reach.
+// When the view had caught up with everything acknowledged before, a new
+// wait for it starts now (pendingSince).
 func (sh *shard) noteAcked(seq uint64) {
 	for {
 		cur := sh.acked.Load()
-		if seq <= cur || sh.acked.CompareAndSwap(cur, seq) {
+		if seq <= cur {
+			return
+		}
+		if sh.view.appliedSeq() >= cur {
+			sh.pendingSince.Store(time.Now().UnixNano())
+		}
+		if sh.acked.CompareAndSwap(cur, seq) {
 			return
 		}
 	}
