@@ -350,32 +350,44 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 	if err := limits.TTL("ttl_ms", in.TtlMs, true); err != nil {
 		return nil, err
 	}
-	for range casRetries {
-		l, err := s.read(ctx, in.Name)
-		if err != nil {
-			return nil, err
-		}
-		if !l.held || l.record.Token != in.Token {
-			return nil, notHeld(in.Name, in.Token)
-		}
-		ttl := l.record.TtlMs
+	var ttl int64
+	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
+		ttl = l.record.TtlMs
 		if in.TtlMs != 0 {
 			ttl = grantedTTL(in.TtlMs)
 		}
 		// A rewrite with Nats-TTL, not a KV Update: an Update drops the
 		// TTL and the lock would never expire again.
 		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl, Token: in.Token}
-		_, err = s.write(ctx, in.Name, rec, l.seq)
-		switch {
-		case err == nil:
-			return &pb.RenewResponse{TtlMs: ttl}, nil
-		case errors.Is(err, jskv.ErrWrongLastSequence):
-			continue // a concurrent renew, or the lease just ended: look again
-		default:
-			return nil, err
+		_, err := s.write(ctx, in.Name, rec, l.seq)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.RenewResponse{TtlMs: ttl}, nil
+}
+
+// whileHeld reads the lock from the stream leader and, while token still
+// holds it, runs change, a write conditioned on the sequence it was read at.
+// A change that loses that race (someone renewed, released or the server
+// expired the lease meanwhile) is decided again on a fresh read. This is
+// the one place renew and release decide that a token still holds.
+func (s *Server) whileHeld(ctx context.Context, name string, token uint64, change func(lease) error) error {
+	for range casRetries {
+		l, err := s.read(ctx, name)
+		if err != nil {
+			return err
+		}
+		if !l.held || l.record.Token != token {
+			return notHeld(name, token)
+		}
+		err = change(l)
+		if !errors.Is(err, jskv.ErrWrongLastSequence) {
+			return err
 		}
 	}
-	return nil, lostRaceError(in.Name)
+	return lostRaceError(name)
 }
 
 func (s *Server) release(ctx context.Context, req *service.Request) (proto.Message, error) {
@@ -391,25 +403,14 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 		jskv.HeaderKVOperation: {"DEL"},
 		jskv.HeaderTTL:         {jskv.TTLHeader(MarkerTTL.Milliseconds())},
 	}
-	for range casRetries {
-		l, err := s.read(ctx, in.Name)
-		if err != nil {
-			return nil, err
-		}
-		if !l.held || l.record.Token != in.Token {
-			return nil, notHeld(in.Name, in.Token)
-		}
-		_, err = s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
-		switch {
-		case err == nil:
-			return &pb.ReleaseResponse{}, nil
-		case errors.Is(err, jskv.ErrWrongLastSequence):
-			continue
-		default:
-			return nil, err
-		}
+	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
+		_, err := s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, lostRaceError(in.Name)
+	return &pb.ReleaseResponse{}, nil
 }
 
 func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, error) {
