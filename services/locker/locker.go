@@ -76,6 +76,22 @@ type Config struct {
 	Prefix   string // "" = "latchkey"
 	Replicas int    // JetStream replicas of the lock bucket; 0 = 1
 	Logger   *slog.Logger
+	// RenewGuard is how long before a lease's server-side expiry a renewal
+	// is still accepted; later ones are 409 renew_too_late, because the
+	// server's expiry marker could swallow them. 0 = DefaultRenewGuard.
+	RenewGuard time.Duration
+	// Unsafe switches off safety checks; only tests set it, to prove that
+	// the tests and `latchkey check` catch what the checks prevent.
+	Unsafe Unsafe
+}
+
+// Unsafe names the safety checks a test can switch off. Never set in a
+// deployment.
+type Unsafe struct {
+	// NoRenewGuard accepts renewals however close the lease is to its
+	// expiry, so an acknowledged renewal can be swallowed and a second
+	// holder acquire while the first believes it holds.
+	NoRenewGuard bool
 }
 
 // Server is a running locker instance. Any number may run against one
@@ -436,3 +452,6 @@ func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, 
 		TtlRemainingMs: l.remaining(time.Now()).Milliseconds(),
 	}, nil
 }
+
+// DefaultRenewGuard is the renewal guard when Config.RenewGuard is 0.
+const DefaultRenewGuard = 250 * time.Millisecond

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/service"
@@ -28,6 +29,28 @@ type Config struct {
 	Replicas      int          // JetStream replicas of shard buckets (1 single server, 3 cluster); 0 = 1
 	MaxValueBytes int          // 0 = limits.DefaultMaxValue
 	Logger        *slog.Logger // nil = slog.Default()
+	// TTLGuard is how close to its server-side expiry a TTL'd value may be
+	// and still be the base of a conditional write; nearer than that, the
+	// write waits for the server's expiry marker and conditions on it
+	// (docs/CORRECTNESS.md, "TTL instants"). 0 = DefaultTTLGuard.
+	TTLGuard time.Duration
+	// Unsafe switches off safety checks. Only tests set it, to prove that
+	// the tests and `latchkey check` catch the bugs the checks prevent.
+	Unsafe Unsafe
+}
+
+// Unsafe names the safety checks a test can switch off. Never set in a
+// deployment: each one re-opens a bug that lost acknowledged writes or let
+// a stale token through.
+type Unsafe struct {
+	// NoTTLGuard conditions writes on TTL'd values however close their
+	// expiry is, so the server's expiry marker can swallow an acked write.
+	NoTTLGuard bool
+	// AllowFencedTTL lets an unfenced put with ttl_ms land on a key that
+	// carries fences; its expiry then erases them.
+	AllowFencedTTL bool
+	// NoFenceBounds skips the too_many_fences and unknown_token checks.
+	NoFenceBounds bool
 }
 
 // Server is a running storage instance.
@@ -113,3 +136,6 @@ func (s *Server) closeShards() {
 		sh.close()
 	}
 }
+
+// DefaultTTLGuard is the TTL guard when Config.TTLGuard is 0.
+const DefaultTTLGuard = 250 * time.Millisecond
