@@ -6,16 +6,34 @@
 // Writes whose outcome the client does not know (timeout, 503 after the
 // request left) are "may have happened": the model branches on them.
 //
-// Fenced writes are modelled too: the state of a key carries the highest
-// fencing token it was written or deleted under, and a fenced write with a
-// lower token must be refused (409) and change nothing, while one with an
-// equal or higher token must not be refused for its fence. A history must
-// fence each key with one lock only (the checker's workload does), so one
-// token per key is the whole fence state.
+// Fenced writes are modelled too: the state of a key carries, per lock, the
+// highest fencing token it was written or deleted under; a fenced write
+// with a lower token of that lock must be refused (409) and change nothing,
+// while one with an equal or higher token must not be refused for its
+// fence. Fences survive unfenced writes, deletes and expiries. The API's
+// bounds on fences are in the model as well (see fenceBounds), and so are
+// its TTL rules: a put with ttl_ms on a key that carries fences must be
+// refused (fenced_key_ttl), a put with both fence and ttl_ms must never be
+// acknowledged (fence_with_ttl).
+//
+// TTL expiry is a step of the model: the history holds, for every put with
+// ttl_ms that may have happened, an Expire operation of that put's value
+// whose invocation and return bound when the server may remove it (the
+// checker derives them from the put's own times, the TTL rounded up to
+// whole seconds and the server's expiry tick). Linearized while the key
+// still holds that value, Expire removes it; linearized later, it is a
+// no-op. So a value may vanish only inside its expiry window, must have
+// vanished by the window's end unless overwritten, and a write that
+// replaced it is never removed by it: exactly the promise an expiry marker
+// that swallows an acknowledged write breaks.
 package kvmodel
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 )
@@ -26,15 +44,29 @@ const (
 	Put = "put"
 	CAS = "cas" // put with expected_revision; Expected 0 means "if absent"
 	Del = "del"
+	// Expire is the server removing the value Value written by a put with
+	// ttl_ms (see the package comment).
+	Expire = "expire"
+)
+
+// The API's bounds on the fences one key carries.
+const (
+	MaxFenceLocks = 32
+	MaxFenceBytes = 8 << 10
 )
 
 // Input is one operation as invoked.
 type Input struct {
 	Op       string
 	Key      string
-	Value    string // put/cas: unique per write, so a read names its write
+	Value    string // put/cas: unique per write, so a read names its write; expire: the put's value
 	Expected uint64 // cas only
 	Fence    uint64 // put, cas, del: the fencing token sent, 0 = unfenced
+	// Lock is the lock of Fence. Histories that fence each key with one
+	// lock may leave it empty.
+	Lock string
+	// TTL is a put's ttl_ms; 0 = none.
+	TTL time.Duration
 }
 
 // Output is what the client saw.
@@ -47,22 +79,103 @@ type Output struct {
 }
 
 // state of one key. rev 0 with exists set means "revision not yet known"
-// (after a write whose reply was lost). fence is the highest token the key
-// was written under; it survives deletes.
+// (after a write whose reply was lost). fences is the highest token per
+// lock the key was written under (encoded by fenceSet.String, so states
+// stay comparable with ==); it survives deletes and expiries.
 type state struct {
 	exists bool
 	value  string
 	rev    uint64
-	fence  uint64
+	fences string
 }
 
-// fenceOK says whether a write with token t passes the fence of s, and the
-// fence the key carries if it is written.
-func fenceOK(s state, t uint64) (ok bool, raised uint64) {
-	if t == 0 {
-		return true, s.fence
+// fenceSet is a key's fences, sorted by lock.
+type fenceSet []fence
+
+type fence struct {
+	lock  string
+	token uint64
+}
+
+// String encodes the set as "<len>:<lock><token>;" per entry: unambiguous
+// whatever characters lock names hold.
+func (fs fenceSet) String() string {
+	var b strings.Builder
+	for _, f := range fs {
+		b.WriteString(strconv.Itoa(len(f.lock)))
+		b.WriteByte(':')
+		b.WriteString(f.lock)
+		b.WriteString(strconv.FormatUint(f.token, 10))
+		b.WriteByte(';')
 	}
-	return t >= s.fence, max(t, s.fence)
+	return b.String()
+}
+
+func parseFences(s string) fenceSet {
+	var fs fenceSet
+	for s != "" {
+		i := strings.IndexByte(s, ':')
+		n, _ := strconv.Atoi(s[:i])
+		lock := s[i+1 : i+1+n]
+		s = s[i+1+n:]
+		j := strings.IndexByte(s, ';')
+		t, _ := strconv.ParseUint(s[:j], 10, 64)
+		fs = append(fs, fence{lock, t})
+		s = s[j+1:]
+	}
+	return fs
+}
+
+func (fs fenceSet) find(lock string) (int, bool) {
+	return slices.BinarySearchFunc(fs, lock, func(f fence, l string) int { return strings.Compare(f.lock, l) })
+}
+
+// fenceWrite applies a write's fence (lock, token t; t 0 = unfenced) to
+// the stored fences. stale: the token is below the one stored for its lock
+// (must be refused). must/may: the write would grow the key's fences past
+// the API's bounds and must / may be refused with too_many_fences (see
+// fenceBounds). raised is the encoded set the key carries if it is written.
+func fenceWrite(stored, lock string, t uint64) (stale, must, may bool, raised string) {
+	if t == 0 {
+		return false, false, false, stored
+	}
+	fs := parseFences(stored)
+	i, found := fs.find(lock)
+	if found {
+		if t < fs[i].token {
+			return true, false, false, stored
+		}
+		next := slices.Clone(fs)
+		next[i].token = t
+		// A lock the key already carries stays writable whatever the
+		// bounds: the API promises it.
+		return false, false, false, next.String()
+	}
+	next := slices.Insert(slices.Clone(fs), i, fence{lock, t})
+	must, may = fenceBounds(next)
+	return false, must, may, next.String()
+}
+
+// fenceBounds says whether a key carrying fs breaks the API's bounds (more
+// than MaxFenceLocks locks or more than MaxFenceBytes of fences) for
+// certain, or perhaps. The count is exact. The byte size depends on how the
+// service measures its stored fences, which the API does not say; so
+// "certainly over" uses a measure no encoding can undercut (each lock's
+// name plus one byte for its token), and "perhaps over" one that no
+// plausible encoding exceeds (a protobuf map entry's name plus 20 bytes of
+// tags, lengths and varint, then base64). Between the two a refusal and
+// an acceptance are both legitimate.
+func fenceBounds(fs fenceSet) (must, may bool) {
+	if len(fs) > MaxFenceLocks {
+		return true, true
+	}
+	low, high := 0, 0
+	for _, f := range fs {
+		low += len(f.lock) + 1
+		high += len(f.lock) + 20
+	}
+	high = (high + 2) / 3 * 4
+	return low > MaxFenceBytes, high > MaxFenceBytes
 }
 
 func step(s0 any, in0 any, out0 any) []any {
@@ -81,30 +194,36 @@ func step(s0 any, in0 any, out0 any) []any {
 		if !s.exists || s.value != out.Value || (s.rev != 0 && s.rev != out.Rev) {
 			return nil
 		}
-		return []any{state{true, s.value, out.Rev, s.fence}}
+		return []any{state{true, s.value, out.Rev, s.fences}}
+	case Expire:
+		if s.exists && s.value == in.Value {
+			return []any{state{fences: s.fences}}
+		}
+		return []any{s}
 	case Put, CAS:
-		fok, raised := fenceOK(s, in.Fence)
+		stale, must, may, raised := fenceWrite(s.fences, in.Lock, in.Fence)
+		// refused: the API requires a refusal; mayRefuse: it allows one.
+		refused := stale || must ||
+			(in.TTL > 0 && s.fences != "") || // fenced_key_ttl
+			(in.TTL > 0 && in.Fence != 0) // fence_with_ttl
 		written := state{true, in.Value, out.Rev, raised}
 		holds, maybe := true, false
 		if in.Op == CAS {
 			holds, maybe = precondition(s, in.Expected)
 		}
-		if !fok {
-			holds, maybe = false, false
-		}
 		switch {
 		case out.Unknown:
-			if holds || maybe {
+			if !refused && (holds || maybe) {
 				return []any{s, state{true, in.Value, 0, raised}}
 			}
 			return []any{s}
 		case out.Conflict:
-			if holds && !maybe {
+			if holds && !maybe && !refused && !may {
 				return nil
 			}
 			return []any{s}
 		}
-		if !holds && !maybe {
+		if refused || (!holds && !maybe) {
 			return nil
 		}
 		if s.exists && s.rev != 0 && out.Rev <= s.rev {
@@ -112,16 +231,19 @@ func step(s0 any, in0 any, out0 any) []any {
 		}
 		return []any{written}
 	case Del:
-		fok, raised := fenceOK(s, in.Fence)
-		absent := state{fence: raised}
+		stale, must, may, raised := fenceWrite(s.fences, in.Lock, in.Fence)
+		absent := state{fences: raised}
 		switch {
-		case !fok:
-			// A stale token: refused, whatever the key holds.
+		case stale || must:
+			// Refused, whatever the key holds.
 			if out.Unknown || out.Conflict {
 				return []any{s}
 			}
 			return nil
 		case out.Conflict:
+			if may {
+				return []any{s}
+			}
 			return nil
 		case out.Unknown:
 			return []any{s, absent}
@@ -185,6 +307,8 @@ func Model() porcupine.Model {
 				res = "unknown"
 			case out.Conflict:
 				res = "conflict"
+			case in.Op == Expire:
+				res = "expiry window"
 			case in.Op == Get && out.Found:
 				res = fmt.Sprintf("%q@%d", out.Value, out.Rev)
 			case in.Op == Get:
@@ -196,9 +320,14 @@ func Model() porcupine.Model {
 			}
 			fence := ""
 			if in.Fence != 0 {
-				fence = fmt.Sprintf(" fence %d", in.Fence)
+				fence = fmt.Sprintf(" fence %s:%d", short(in.Lock), in.Fence)
+			}
+			if in.TTL > 0 {
+				fence += fmt.Sprintf(" ttl %s", in.TTL)
 			}
 			switch in.Op {
+			case Expire:
+				return fmt.Sprintf("expire(%q) -> %s", in.Value, res)
 			case Put:
 				return fmt.Sprintf("put(%q%s) -> %s", in.Value, fence, res)
 			case CAS:
@@ -209,8 +338,15 @@ func Model() porcupine.Model {
 		DescribeState: func(s0 any) string {
 			s := s0.(state)
 			fence := ""
-			if s.fence != 0 {
-				fence = fmt.Sprintf(" fence %d", s.fence)
+			if fs := parseFences(s.fences); len(fs) > 0 {
+				fence = fmt.Sprintf(" fences of %d lock(s)", len(fs))
+				if len(fs) <= 3 {
+					var parts []string
+					for _, f := range fs {
+						parts = append(parts, fmt.Sprintf("%s:%d", short(f.lock), f.token))
+					}
+					fence = " fences " + strings.Join(parts, ",")
+				}
 			}
 			if !s.exists {
 				return "absent" + fence
@@ -219,4 +355,12 @@ func Model() porcupine.Model {
 		},
 	}
 	return nm.ToModel()
+}
+
+// short abbreviates a (possibly very long) lock name for the visualisation.
+func short(lock string) string {
+	if len(lock) > 24 {
+		return lock[:10] + "…" + lock[len(lock)-10:]
+	}
+	return lock
 }
