@@ -46,6 +46,11 @@ type Options struct {
 	Logger    *slog.Logger
 	// ClientTimeout is the default timeout of the clients Connect makes.
 	ClientTimeout time.Duration
+	// StorageUnsafe and LockerUnsafe switch safety checks of every storage
+	// and locker instance off: only the checker's self-test sets them, to
+	// plant the bugs those checks prevent and prove the checker sees them.
+	StorageUnsafe storage.Unsafe
+	LockerUnsafe  locker.Unsafe
 }
 
 // Deployment is a running in-process deployment.
@@ -130,7 +135,7 @@ func (d *Deployment) start(ctx context.Context, kind string, i int) (*instance, 
 			ids[k] = strconv.Itoa(k)
 		}
 		var s *storage.Server
-		s, err = storage.Start(ctx, nc, storage.Config{Prefix: d.o.Prefix, Shards: ids, Replicas: 3, Logger: log})
+		s, err = storage.Start(ctx, nc, storage.Config{Prefix: d.o.Prefix, Shards: ids, Replicas: 3, Logger: log, Unsafe: d.o.StorageUnsafe})
 		if s != nil {
 			stop = s.Stop
 		}
@@ -142,7 +147,7 @@ func (d *Deployment) start(ctx context.Context, kind string, i int) (*instance, 
 		}
 	case "locker":
 		var s *locker.Server
-		s, err = locker.Start(ctx, nc, locker.Config{Prefix: d.o.Prefix, Replicas: 3, Logger: log})
+		s, err = locker.Start(ctx, nc, locker.Config{Prefix: d.o.Prefix, Replicas: 3, Logger: log, Unsafe: d.o.LockerUnsafe})
 		if s != nil {
 			stop = s.Stop
 		}
