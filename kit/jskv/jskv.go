@@ -49,6 +49,8 @@ const (
 	codeWrongLastSeq        = 10071
 	codeWrongLastSeqConst   = 10164 // same failure, as reported by R>1 streams
 	codeLastSeqNotReady     = 10163 // "expected last sequence per subject temporarily unavailable"
+	codeMessageTooLarge     = 10054 // "message size exceeds maximum allowed" (stream or account max_payload)
+	codeHeaderTooLarge      = 10097 // "header size exceeds maximum allowed of 64k", whatever max_payload is
 	leaderGetDefaultTimeout = 5 * time.Second
 )
 
@@ -178,10 +180,49 @@ func PublishIfLast(ctx context.Context, js jetstream.JetStream, subject string, 
 			return 0, apierr.Unavailable("jetstream_busy", "write to %s not checked, retry: %s", subject, apiErr.Description)
 		}
 	}
+	if e := TooLargeError("write to "+subject, err); e != nil {
+		return 0, e
+	}
 	if errors.Is(err, context.Canceled) {
 		return 0, err
 	}
 	return 0, apierr.Unavailable("jetstream_write", "write to %s failed: %v", subject, err)
+}
+
+// TooLarge reports whether err is NATS or JetStream refusing a message for
+// its size: the client's max_payload check (nats.ErrMaxPayload), a stream's
+// "message size exceeds maximum allowed" (10054) or headers over 64 KiB
+// (10097). Retrying such a write can never succeed, so it is a 413 for the
+// caller to fix, not a 503 to retry.
+func TooLarge(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, nats.ErrMaxPayload) {
+		return true
+	}
+	var code int
+	var ae *jetstream.APIError
+	var legacy *nats.APIError
+	switch {
+	case errors.As(err, &ae):
+		code = int(ae.ErrorCode)
+	case errors.As(err, &legacy):
+		code = int(legacy.ErrorCode)
+	}
+	return code == codeMessageTooLarge || code == codeHeaderTooLarge
+}
+
+// TooLargeError returns err as a 413 naming what was refused (e.g. "write
+// to $KV.b.k") when TooLarge(err), and nil otherwise, so a caller that turns
+// dependency failures into 503s can put one line in front:
+//
+//	if e := jskv.TooLargeError(what, err); e != nil { return e }
+func TooLargeError(what string, err error) *apierr.Error {
+	if !TooLarge(err) {
+		return nil
+	}
+	return apierr.TooLarge("too_large", "%s refused: the message is larger than NATS allows: %v", what, err)
 }
 
 // TTLHeader returns the Nats-TTL header value for a TTL of ms

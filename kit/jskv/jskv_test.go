@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -212,5 +213,65 @@ func TestSequenceSurvivesEmptyStreamRestart(t *testing.T) {
 	}
 	if seq <= last {
 		t.Fatalf("after restart of an empty stream the sequence restarted: %d <= %d", seq, last)
+	}
+}
+
+// TestTooLargeAgainstRealServerErrors provokes each size refusal from a
+// real server and checks that exactly those are classified as too large.
+func TestTooLargeAgainstRealServerErrors(t *testing.T) {
+	nc, js, _ := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SMALL", Subjects: []string{"small.>"}, MaxMsgSize: 1024}); err != nil {
+		t.Fatal(err)
+	}
+	bigHeaders := func(subject string) *nats.Msg {
+		// Well under max_payload (1 MiB), so only JetStream's 64 KiB
+		// header cap can refuse it.
+		return &nats.Msg{Subject: subject, Header: nats.Header{"X-Big": {strings.Repeat("h", 70*1024)}}, Data: []byte("v")}
+	}
+	publish := func(m *nats.Msg) error { _, err := js.PublishMsg(ctx, m); return err }
+	cases := []struct {
+		name string
+		err  func() error
+		want bool
+		code int // JetStream err_code the server must have sent, if any
+	}{
+		{"headers over 64 KiB (10097)", func() error { return publish(bigHeaders("$KV.t.k")) }, true, 10097},
+		{"over the stream's max_msg_size (10054)", func() error {
+			return publish(&nats.Msg{Subject: "small.x", Data: make([]byte, 2048)})
+		}, true, 10054},
+		{"over the server's max_payload", func() error {
+			return publish(&nats.Msg{Subject: "$KV.t.k", Data: make([]byte, nc.MaxPayload()+1)})
+		}, true, 0},
+		{"wrong last sequence (10071)", func() error {
+			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: "$KV.t.k3", Data: []byte("v")}, jetstream.WithExpectLastSequencePerSubject(99))
+			return err
+		}, false, 10071},
+		{"no responders", func() error { return publish(&nats.Msg{Subject: "nobody.listens", Data: []byte("v")}) }, false, 0},
+		{"nil", func() error { return nil }, false, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.err()
+			if c.code != 0 {
+				var ae *jetstream.APIError
+				if !errors.As(err, &ae) || int(ae.ErrorCode) != c.code {
+					t.Fatalf("server answered %v, want err_code %d", err, c.code)
+				}
+			}
+			if got := jskv.TooLarge(err); got != c.want {
+				t.Fatalf("TooLarge(%v) = %v, want %v", err, got, c.want)
+			}
+			e := jskv.TooLargeError("write", err)
+			if c.want != (e != nil) || (e != nil && e.Code() != 413) {
+				t.Fatalf("TooLargeError(%v) = %v, want a 413: %v", err, e, c.want)
+			}
+		})
+	}
+	// PublishIfLast answers a refused size as a 413, not as its usual 503.
+	m := bigHeaders("$KV.t.k2")
+	if _, err := jskv.PublishIfLast(ctx, js, m.Subject, m.Data, m.Header, 0); !errors.Is(err, apierr.ErrTooLarge) {
+		t.Fatalf("PublishIfLast with headers over 64 KiB: %v, want a 413", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/codec"
+	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
@@ -193,8 +194,13 @@ func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time
 		out.Data, err = codec.Encode(resp, req.JSON)
 	}
 	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
 			err = apierr.Unavailable("timeout", "%s: request timed out: %v", s.cfg.Name, err)
+		case jskv.TooLarge(err):
+			// A message NATS refuses for its size stays refused: retrying
+			// (a 503) cannot help, the caller must send less.
+			err = jskv.TooLargeError(s.cfg.Name+": "+ep.Name, err)
 		}
 		e := apierr.From(err)
 		code = e.Code()

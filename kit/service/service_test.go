@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/latchkey/latchkey/kit/service"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -181,5 +183,38 @@ func TestStopAnswersInFlight(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A JetStream size refusal that reaches the runtime unwrapped is a 413
+// (the caller must send less), not a 500 or a retryable 503.
+func TestJetStreamTooLargeIs413(t *testing.T) {
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := service.Start(nc, service.Config{Name: "latchkey-test", Version: "0.0.1"}, service.Endpoint{
+		Name: "store", Subject: "t.store",
+		Func: func(ctx context.Context, r *service.Request) (proto.Message, error) {
+			// Headers over 64 KiB: JetStream error 10097, returned as is.
+			_, err := js.PublishMsg(ctx, &nats.Msg{Subject: "s.x", Header: nats.Header{"X-Big": {strings.Repeat("h", 70*1024)}}})
+			return &pb.PutResponse{}, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	err = service.Call(ctx, nc, "t.store", nil, &pb.PutRequest{Key: "k"}, &pb.PutResponse{})
+	var e *apierr.Error
+	if !errors.As(err, &e) || e.Code() != 413 || !strings.Contains(e.Message, "64k") {
+		t.Fatalf("JetStream 10097 answered %v, want a 413 naming the 64k limit", err)
 	}
 }
