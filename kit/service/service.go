@@ -188,6 +188,38 @@ func (s *Service) timeout(h nats.Header) time.Duration {
 }
 
 func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time.Time, resp proto.Message, err error, span trace.Span) {
+	out, code, err := s.message(ep, req, resp, err)
+	if req.Msg.Reply != "" {
+		perr := s.nc.PublishMsg(out)
+		if errors.Is(perr, nats.ErrMaxPayload) {
+			// Every request gets a reply: one NATS cannot carry becomes a
+			// small 413, counted as the error it is.
+			err = apierr.TooLarge("reply_too_large", "%s: the %s reply is %d bytes (plus headers); the NATS server's max_payload is %d bytes",
+				s.cfg.Name, ep.Name, len(out.Data), s.nc.MaxPayload())
+			out, code, err = s.message(ep, req, nil, err)
+			perr = s.nc.PublishMsg(out)
+		}
+		if perr != nil {
+			s.cfg.Logger.Warn("reply not sent", "endpoint", ep.Name, "err", perr)
+		}
+	}
+	if err != nil {
+		st.Errors.Add(1)
+	}
+	elapsed := time.Since(start)
+	st.Requests.Add(1)
+	st.Latency.Add(int64(elapsed))
+	telemetry.End(span, code, err)
+	telemetry.Observe(s.cfg.Name, ep.Name, code, elapsed)
+	if s.cfg.Observe != nil {
+		s.cfg.Observe(ep.Name, code, elapsed)
+	}
+}
+
+// message encodes the reply to req: resp, or err as micro's error headers
+// and an Error body. It returns the code and the error as answered (nil
+// for a 200).
+func (s *Service) message(ep Endpoint, req *Request, resp proto.Message, err error) (*nats.Msg, int, error) {
 	code := 200
 	out := &nats.Msg{Subject: req.Msg.Reply}
 	if err == nil && resp != nil {
@@ -211,7 +243,6 @@ func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time
 		out.Header.Set(apierr.HeaderCode, strconv.Itoa(code))
 		out.Header.Set(apierr.HeaderMessage, e.Message)
 		out.Data, _ = codec.Encode(&pb.Error{Code: int32(code), Reason: e.Reason, Message: e.Message}, req.JSON)
-		st.Errors.Add(1)
 	}
 	if req.JSON {
 		if out.Header == nil {
@@ -219,20 +250,7 @@ func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time
 		}
 		out.Header.Set("Content-Type", codec.ContentTypeJSON)
 	}
-	elapsed := time.Since(start)
-	st.Requests.Add(1)
-	st.Latency.Add(int64(elapsed))
-	telemetry.End(span, code, err)
-	telemetry.Observe(s.cfg.Name, ep.Name, code, elapsed)
-	if s.cfg.Observe != nil {
-		s.cfg.Observe(ep.Name, code, elapsed)
-	}
-	if req.Msg.Reply == "" {
-		return
-	}
-	if perr := s.nc.PublishMsg(out); perr != nil {
-		s.cfg.Logger.Warn("reply not sent", "endpoint", ep.Name, "err", perr)
-	}
+	return out, code, err
 }
 
 // statsData is the "data" of each endpoint in $SRV.STATS: the figures

@@ -32,6 +32,8 @@ func echo(ctx context.Context, r *service.Request) (proto.Message, error) {
 	case "slow":
 		<-ctx.Done()
 		return nil, ctx.Err()
+	case "huge": // a reply over natstest's 1 MiB max_payload
+		return &pb.GetResponse{Found: true, Key: in.Key, Value: make([]byte, 1<<20)}, nil
 	}
 	return &pb.GetResponse{Found: true, Key: in.Key}, nil
 }
@@ -217,4 +219,51 @@ func TestJetStreamTooLargeIs413(t *testing.T) {
 	if !errors.As(err, &e) || e.Code() != 413 || !strings.Contains(e.Message, "64k") {
 		t.Fatalf("JetStream 10097 answered %v, want a 413 naming the 64k limit", err)
 	}
+}
+
+// A reply NATS cannot carry is not dropped: the caller gets a 413 that
+// names the size and the limit, and the endpoint's stats count an error.
+func TestOversizedReplyAnswers413(t *testing.T) {
+	nc := start(t, service.Config{})
+	for _, c := range []struct {
+		name string
+		body []byte
+	}{
+		{"protobuf", mustMarshal(t, &pb.GetRequest{Key: "huge"})},
+		{"json", []byte(`{"key":"huge"}`)},
+	} {
+		m, err := nc.Request("t.echo", c.body, 2*time.Second)
+		if err != nil {
+			t.Fatalf("%s: no reply to a request whose reply is too large: %v", c.name, err)
+		}
+		msg := m.Header.Get(apierr.HeaderMessage)
+		if got := m.Header.Get(apierr.HeaderCode); got != "413" || !strings.Contains(msg, "max_payload is 1048576 bytes") || !strings.Contains(msg, "bytes (plus headers)") {
+			t.Fatalf("%s: code %q message %q, want 413 naming the reply's size and max_payload", c.name, got, msg)
+		}
+	}
+	m, err := nc.Request("$SRV.STATS.latchkey-test", nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats struct {
+		Endpoints []struct {
+			Name string           `json:"name"`
+			Data map[string]int64 `json:"data"`
+		} `json:"endpoints"`
+	}
+	if err := json.Unmarshal(m.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	if len(stats.Endpoints) != 1 || stats.Endpoints[0].Data["errors"] != 2 || stats.Endpoints[0].Data["replied"] != 2 {
+		t.Fatalf("stats %s: want 2 replied, 2 errors", m.Data)
+	}
+}
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
