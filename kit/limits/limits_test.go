@@ -30,6 +30,7 @@ func TestRequestLimits(t *testing.T) {
 		{"ttl below 1s", &pb.PutRequest{Key: "k", TtlMs: 999}, apierr.ErrInvalid, "ttl_ms_too_short"},
 		{"negative ttl", &pb.PutRequest{Key: "k", TtlMs: -5}, apierr.ErrInvalid, "ttl_ms_too_short"},
 		{"ttl of 1s", &pb.PutRequest{Key: "k", TtlMs: 1000}, nil, ""},
+		{"fence with ttl", &pb.PutRequest{Key: "k", TtlMs: 1000, Fence: fence("l", 3)}, apierr.ErrInvalid, "fence_with_ttl"},
 		{"fence without token", &pb.PutRequest{Key: "k", Fence: fence("l", 0)}, apierr.ErrInvalid, "missing_fence_token"},
 		{"fence without lock", &pb.DeleteRequest{Key: "k", Fence: fence("", 3)}, apierr.ErrInvalid, "empty_fence.lock"},
 		{"fence lock too long", &pb.DeleteRequest{Key: "k", Fence: fence(strings.Repeat("l", 257), 3)}, apierr.ErrTooLarge, "fence.lock_too_long"},

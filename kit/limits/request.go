@@ -29,6 +29,11 @@ func Request(m proto.Message, maxValue int) error {
 		if err := TTL("ttl_ms", r.TtlMs, true); err != nil {
 			return err
 		}
+		if r.Fence != nil && r.TtlMs != 0 {
+			// The TTL's expiry would erase the fence it records.
+			return apierr.Invalid("fence_with_ttl",
+				"a put cannot carry both fence and ttl_ms: the key's expiry would erase its fences")
+		}
 		return Fence(r.Fence)
 	case *pb.DeleteRequest:
 		if err := Key("key", r.Key, false); err != nil {

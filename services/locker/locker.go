@@ -101,9 +101,12 @@ type Server struct {
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
 	log    *slog.Logger
-	stream string
-	subj   string // "$KV.<bucket>." — key tokens follow
-	svc    *service.Service
+	stream  string
+	subj    string // "$KV.<bucket>." — key tokens follow
+	barrier string // "$KV.<bucket>.=sync": confirmations of reads
+	guard   time.Duration
+	unsafe  Unsafe
+	svc     *service.Service
 
 	ctx    context.Context // cancelled by Stop: ends waits and watches
 	cancel context.CancelFunc
@@ -137,9 +140,14 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock bucket: %w", err)
 	}
+	if cfg.RenewGuard <= 0 {
+		cfg.RenewGuard = DefaultRenewGuard
+	}
 	s := &Server{
 		nc: nc, js: js, kv: kv, log: cfg.Logger,
 		stream: "KV_" + bucket, subj: "$KV." + bucket + ".",
+		barrier: "$KV." + bucket + "." + jskv.BarrierToken,
+		guard:   cfg.RenewGuard, unsafe: cfg.Unsafe,
 		queues: map[string]*waitQueue{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -177,7 +185,8 @@ func (s *Server) Stop(ctx context.Context) error {
 
 // lease is the state of a lock as read from the leader.
 type lease struct {
-	seq    uint64 // last stream sequence of the key (0: no message)
+	seq    uint64    // last stream sequence of the key (0: no message)
+	exp    time.Time // when the server expires that message (its clock); zero: never
 	held   bool
 	record *pb.LockRecord // token resolved; nil unless held
 }
@@ -204,6 +213,7 @@ func (s *Server) read(ctx context.Context, name string) (lease, error) {
 		return lease{}, err
 	}
 	l := lease{seq: m.Seq}
+	l.exp, _ = jskv.Expiry(m.Time, m.Header)
 	if jskv.IsDeleteMarker(m.Header) {
 		return l, nil
 	}
@@ -286,6 +296,14 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 			}
 		}
 		markerSeq = 0
+		if s.expiring(l) {
+			// A release marker that runs out now: its expiry could purge
+			// an acquire conditioned on it. Let the server replace it.
+			if err := s.awaitChange(ctx, in.Name, l); err != nil {
+				return nil, lease{}, err
+			}
+			continue
+		}
 		ttl := grantedTTL(in.TtlMs)
 		rec := &pb.LockRecord{Owner: in.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl}
 		seq, err := s.write(ctx, in.Name, rec, l.seq)
@@ -368,6 +386,9 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 	}
 	var ttl int64
 	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
+		if !s.unsafe.NoRenewGuard && s.expiring(l) {
+			return renewTooLate(in.Name, in.Token, l, s.guard)
+		}
 		ttl = l.record.TtlMs
 		if in.TtlMs != 0 {
 			ttl = grantedTTL(in.TtlMs)
@@ -375,8 +396,11 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 		// A rewrite with Nats-TTL, not a KV Update: an Update drops the
 		// TTL and the lock would never expire again.
 		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl, Token: in.Token}
-		_, err := s.write(ctx, in.Name, rec, l.seq)
-		return err
+		seq, err := s.write(ctx, in.Name, rec, l.seq)
+		if err != nil || s.unsafe.NoRenewGuard || !ackedLate(l) {
+			return err
+		}
+		return s.confirmRenewal(ctx, in.Name, in.Token, seq)
 	})
 	if err != nil {
 		return nil, err
@@ -438,7 +462,7 @@ func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, 
 		return nil, err
 	}
 	describe(ctx, in.Name, 0)
-	l, err := s.read(ctx, in.Name)
+	l, err := s.confirmedRead(ctx, in.Name)
 	if err != nil {
 		return nil, err
 	}

@@ -41,10 +41,14 @@ var (
 		Name: "latchkey_lock_expiries_total",
 		Help: "Leases that ran out (the NATS server removed an unrenewed lock) while requests on this locker waited for the lock.",
 	})
+	renewalsLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "latchkey_lock_renewals_lost_total",
+		Help: "Renewals acknowledged by JetStream as their lease expired and purged by the server's expiry marker; answered 409 renew_too_late.",
+	})
 )
 
 func init() {
-	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries)
+	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries, renewalsLost)
 }
 
 // instrument wraps a lock endpoint: it counts the answer by outcome, times

@@ -12,9 +12,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// barrierToken is the subject token of scan barriers. '=' lies outside the
-// key encoding's alphabet, so it can never collide with a stored key.
-const barrierToken = "=sync"
+// barrierToken is the subject token of barriers (jskv.BarrierToken).
+const barrierToken = jskv.BarrierToken
+
+// Fence bounds (docs/API.md): a key's fences travel in one header of every
+// message written to it, and JetStream refuses headers over 64 KiB, so
+// without a bound any client could make a key unwritable by fencing it
+// with many long lock names.
+const (
+	MaxFenceLocks       = 32
+	MaxFenceHeaderBytes = 8 << 10
+)
 
 // Headers written and read on every stored message.
 const (
@@ -86,9 +94,11 @@ func formatFences(f fences) string {
 }
 
 // checkFence applies a write's fence to the key's stored fences. It returns
-// the header the new message must carry, or a stale_fence conflict. An
-// unfenced write carries the stored header forward unchanged.
-func checkFence(stored string, f *pb.Fence) (string, error) {
+// the header the new message must carry, or a stale_fence conflict, or
+// too_many_fences when a new lock would push the key past the bounds
+// (unless bounded is false). An unfenced write carries the stored header
+// forward unchanged, so a key at its bounds stays writable.
+func checkFence(stored string, f *pb.Fence, bounded bool) (string, error) {
 	if f == nil {
 		return stored, nil
 	}
@@ -107,7 +117,14 @@ func checkFence(stored string, f *pb.Fence) (string, error) {
 		next[k] = v
 	}
 	next[f.Lock] = f.Token
-	return formatFences(next), nil
+	h := formatFences(next)
+	if _, known := fs[f.Lock]; bounded && !known && (len(next) > MaxFenceLocks || len(h) > MaxFenceHeaderBytes) {
+		return "", apierr.Conflict("too_many_fences",
+			"too many fences: the key already carries fences of %d locks (%d bytes); at most %d locks and %d bytes are kept, "+
+				"so a write fenced by a new lock is refused (unfenced writes and the locks it carries still work)",
+			len(fs), len(stored), MaxFenceLocks, MaxFenceHeaderBytes)
+	}
+	return h, nil
 }
 
 // fenceRaises reports whether writing under f would raise the stored token.

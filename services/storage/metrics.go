@@ -27,12 +27,20 @@ var (
 		Name: "latchkey_fence_rejections_total",
 		Help: "Fenced writes refused because the key was already written under a newer token of the same lock (stale fence, 409), by shard.",
 	}, []string{"shard"})
+	expiringWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_shard_expiry_waits_total",
+		Help: "Writes whose base value was within the TTL guard of its expiry, so they waited for the server's expiry marker, by shard.",
+	}, []string{"shard"})
+	expiryLosses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_shard_expiry_rewrites_total",
+		Help: "Writes acknowledged so late that the server's expiry marker purged them, found by the check after the ack and written again, by shard.",
+	}, []string{"shard"})
 	shardKeysDesc = prometheus.NewDesc("latchkey_shard_keys",
 		"Live keys of a shard as this instance's view of the shard's stream holds them.", []string{"shard"}, nil)
 )
 
 func init() {
-	telemetry.Registry.MustRegister(shardOps, fenceRejections, openShards)
+	telemetry.Registry.MustRegister(shardOps, fenceRejections, expiringWrites, expiryLosses, openShards)
 }
 
 // openShards reports latchkey_shard_keys for every shard open in this

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
@@ -100,7 +101,20 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 	if resp, ok := sh.getBatched(ctx, r.Key); ok {
 		return resp, nil
 	}
-	b, err := sh.leaderRead(ctx, r.Key)
+	b, err := sh.confirmedRead(ctx, r.Key)
+	var ae *apierr.Error
+	if errors.As(err, &ae) && ae.Reason == "contention" {
+		// The key kept changing between read and confirmation: a barrier
+		// behind the view proves a cut that does not depend on the key.
+		if err = sh.sync(ctx); err != nil {
+			return nil, err
+		}
+		v, seq, found := sh.view.get(r.Key)
+		if !found {
+			return &pb.GetResponse{Key: r.Key}, nil
+		}
+		return &pb.GetResponse{Found: true, Key: r.Key, Value: v, Revision: seq}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +131,9 @@ func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, 
 		return nil, err
 	}
 	r := m.(*pb.PutRequest)
+	if err := sh.checkToken(ctx, r.Fence); err != nil {
+		return nil, err
+	}
 	res, err := sh.apply(ctx, &write{key: r.Key, value: r.Value, ttlMs: r.TtlMs, expected: r.ExpectedRevision, fence: r.Fence})
 	if err != nil {
 		return nil, err
@@ -130,11 +147,22 @@ func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Messag
 		return nil, err
 	}
 	r := m.(*pb.DeleteRequest)
+	if err := sh.checkToken(ctx, r.Fence); err != nil {
+		return nil, err
+	}
 	res, err := sh.apply(ctx, &write{key: r.Key, del: true, expected: r.ExpectedRevision, fence: r.Fence})
 	if err != nil {
 		return nil, err
 	}
 	return &pb.DeleteResponse{Deleted: res.wrote && res.was, Revision: res.seq}, nil
+}
+
+// checkToken refuses a fence whose token the locker never issued.
+func (sh *shard) checkToken(ctx context.Context, f *pb.Fence) error {
+	if f == nil || sh.unsafe.NoFenceBounds {
+		return nil
+	}
+	return sh.tokens.check(ctx, f.Token)
 }
 
 func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message, error) {
@@ -166,9 +194,10 @@ const batchedReadWait = time.Second
 // the get began, so reading it is linearizable, and one barrier publish
 // serves every get (and scan) that arrived while the previous one was in
 // flight. When this get is the only one in flight and no barrier is, a
-// leader read is cheaper (one round trip instead of a publish and a
-// delivery), so ok is false and the caller reads from the leader; it is
-// false too whenever the view cannot confirm itself in time.
+// confirmed leader read (confirmedRead) is as cheap and does not wait for
+// the view's delivery, so ok is false and the caller reads that way; it is
+// false too whenever the view cannot confirm itself in time. Either way the
+// answer rests on a write a quorum committed after the get arrived.
 func (sh *shard) getBatched(ctx context.Context, key string) (resp *pb.GetResponse, ok bool) {
 	if !sh.healthy.Load() || (sh.linGets.Load() < 2 && !sh.barrier.busy()) {
 		return nil, false

@@ -33,6 +33,16 @@ const (
 	// saw acknowledged before the monitor probes it and, if it does not
 	// catch up, refuses stale reads and restarts its consumer.
 	lagTolerance = time.Second
+	// clockAllowance is how far apart the clocks of latchkey hosts and NATS
+	// servers may be (docs/CORRECTNESS.md, "TTL instants"): expiry instants
+	// are on the server's clock, the guard is measured on ours.
+	clockAllowance = 100 * time.Millisecond
+	// expiryPoll is how often a write waiting for the server to expire its
+	// base re-reads the key; the server's expiry timer ticks every ~250ms.
+	expiryPoll = 10 * time.Millisecond
+	// confirmAttempts bounds how often a linearizable get re-reads a key
+	// that changed between its read and the read's quorum confirmation.
+	confirmAttempts = 4
 )
 
 // shard serves one shard id from one KV bucket.
@@ -42,10 +52,14 @@ type shard struct {
 	stream   string
 	subjPfx  string // "$KV.<bucket>."
 	msgGet   string // leader read API subject
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	log      *slog.Logger
-	maxValue int
+	barrierSubj string // "$KV.<bucket>.=sync"
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	log         *slog.Logger
+	maxValue    int
+	guard       time.Duration
+	unsafe      Unsafe
+	tokens      *tokenBound
 
 	view    *view
 	locks   keyLocks
@@ -69,19 +83,23 @@ type shard struct {
 	done chan struct{}
 }
 
-func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, bucket string, cfg Config) (*shard, error) {
+func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, bucket string, cfg Config, tokens *tokenBound) (*shard, error) {
 	sh := &shard{
-		id:       id,
-		bucket:   bucket,
-		stream:   "KV_" + bucket,
-		subjPfx:  "$KV." + bucket + ".",
-		nc:       nc,
-		js:       js,
-		log:      cfg.Logger.With("shard", id, "bucket", bucket),
-		maxValue: cfg.MaxValueBytes,
-		view:     newView(),
-		done:     make(chan struct{}),
-		kick:     make(chan struct{}, 1),
+		id:          id,
+		bucket:      bucket,
+		stream:      "KV_" + bucket,
+		subjPfx:     "$KV." + bucket + ".",
+		barrierSubj: "$KV." + bucket + "." + barrierToken,
+		nc:          nc,
+		js:          js,
+		log:         cfg.Logger.With("shard", id, "bucket", bucket),
+		maxValue:    cfg.MaxValueBytes,
+		guard:       cfg.TTLGuard,
+		unsafe:      cfg.Unsafe,
+		tokens:      tokens,
+		view:        newView(),
+		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
 	}
 	sh.msgGet = "$JS.API.STREAM.MSG.GET." + sh.stream
 	sh.barrier.publish = sh.publishBarrier
@@ -166,7 +184,7 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	}
 	h := m.Headers()
 	key, err := decodeKey(subjectToken(m.Subject()))
-	sh.view.apply(key, err == nil, md.Sequence.Stream, isLive(h), m.Data(), h.Get(hdrFences))
+	sh.view.apply(key, err == nil, md.Sequence.Stream, expiryNanos(md.Timestamp, h), isLive(h), m.Data(), h.Get(hdrFences))
 }
 
 // monitor checks the view's contact with its stream by a barrier, marks
@@ -287,7 +305,7 @@ func (sh *shard) syncRetrying(ctx context.Context) error {
 }
 
 func (sh *shard) publishBarrier(ctx context.Context) (uint64, error) {
-	ack, err := sh.js.PublishMsg(ctx, &nats.Msg{Subject: sh.subjPfx + barrierToken})
+	ack, err := sh.js.PublishMsg(ctx, &nats.Msg{Subject: sh.barrierSubj})
 	if err != nil {
 		return 0, unavailable(sh.id, "scan barrier", err)
 	}
@@ -393,7 +411,7 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 		case err == nil && !found:
 			return base{}, nil
 		case err == nil:
-			b := base{seq: m.Seq, live: isLive(m.Header), fences: m.Header.Get(hdrFences)}
+			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences)}
 			if b.live {
 				b.value = m.Data
 			}
@@ -427,9 +445,15 @@ type writeResult struct {
 
 // plan checks the write's preconditions against cur and returns the fences
 // header of the new message, or skip for a delete with nothing to do.
-func (w *write) plan(cur base) (fencesHdr string, skip bool, err error) {
-	if fencesHdr, err = checkFence(cur.fences, w.fence); err != nil {
+func (w *write) plan(cur base, unsafe Unsafe) (fencesHdr string, skip bool, err error) {
+	if fencesHdr, err = checkFence(cur.fences, w.fence, !unsafe.NoFenceBounds); err != nil {
 		return "", false, err
+	}
+	if w.ttlMs > 0 && cur.fences != "" && !unsafe.AllowFencedTTL {
+		// The expiry marker would carry no fences: a holder of an older
+		// token could then write the key again.
+		return "", false, apierr.Conflict("fenced_key_ttl",
+			"the key carries fences (it was written under a lock), so it cannot take a TTL: its expiry would erase them")
 	}
 	if w.expected != nil {
 		exp := *w.expected
@@ -474,7 +498,26 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 		return nil
 	}
 	for attempt := 0; attempt < maxWriteAttempts; attempt++ {
-		fencesHdr, skip, err := w.plan(cur)
+		if sh.guarded(cur) {
+			// The server may expire cur under a write conditioned on it
+			// and purge the write with its expiry marker. Make sure cur
+			// is real, then let the server expire it and write on the
+			// marker instead.
+			if !authoritative {
+				if err := refresh(); err != nil {
+					return writeResult{}, err
+				}
+				continue
+			}
+			b, err := sh.awaitExpiry(ctx, w.key, cur)
+			if err != nil {
+				return writeResult{}, err
+			}
+			cur = b
+			sh.view.remember(w.key, cur)
+			continue
+		}
+		fencesHdr, skip, err := w.plan(cur, sh.unsafe)
 		if err != nil || skip {
 			if !authoritative {
 				if err := refresh(); err != nil {
@@ -500,12 +543,31 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 				msg.Header.Set(hdrTTL, ttlSeconds(w.ttlMs))
 			}
 		}
+		sent := time.Now()
 		pctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, sh.stream)
 		ack, err := sh.js.PublishMsg(pctx, msg)
 		endPublish(span, ack, err)
 		if err == nil {
 			sh.noteAcked(ack.Sequence)
-			sh.view.remember(w.key, base{seq: ack.Sequence, live: !w.del, fences: fencesHdr})
+			if sh.ackedLate(cur) {
+				marker, lost, err := sh.swallowed(ctx, subj, ack.Sequence, sent)
+				if err != nil {
+					return writeResult{}, err
+				}
+				if lost {
+					sh.log.Warn("a write landed as its base expired and the server's expiry marker purged it; writing again on the marker",
+						"revision", ack.Sequence, "marker", marker.seq)
+					cur, authoritative = marker, true
+					continue
+				}
+			}
+			written := base{seq: ack.Sequence, live: !w.del, fences: fencesHdr}
+			if w.ttlMs > 0 {
+				// The server stamps the message at or after sent: an expiry
+				// counted from sent is never later than the server's.
+				written.exp = sent.Add(time.Duration(jskv.CeilSeconds(w.ttlMs)) * time.Second).UnixNano()
+			}
+			sh.view.remember(w.key, written)
 			return writeResult{seq: ack.Sequence, wrote: true, was: cur.live}, nil
 		}
 		switch {

@@ -97,10 +97,14 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	subj := subjects.New(cfg.Prefix)
+	if cfg.TTLGuard <= 0 {
+		cfg.TTLGuard = DefaultTTLGuard
+	}
 	s := &Server{log: cfg.Logger}
+	tokens := newTokenBound(js, subj.LockBucket())
 	var eps []service.Endpoint
 	for _, id := range cfg.Shards {
-		sh, err := openShard(ctx, nc, js, id, subj.ShardBucket(id), cfg)
+		sh, err := openShard(ctx, nc, js, id, subj.ShardBucket(id), cfg, tokens)
 		if err != nil {
 			s.closeShards()
 			return nil, err

@@ -321,6 +321,7 @@ func fence(lock string, token uint64) *pb.Fence { return &pb.Fence{Lock: lock, T
 
 func TestFencing(t *testing.T) {
 	e := newEnv(t)
+	issueTokens(t, e.nc, 10)
 	s := e.start("0")
 	var presp pb.PutResponse
 	var dresp pb.DeleteResponse

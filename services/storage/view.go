@@ -12,24 +12,25 @@ import (
 )
 
 // entry is one key of a shard's in-memory view. Entries are stored by value
-// in the B-tree and kept small (40 bytes): key, fences header and value
+// in the B-tree and kept small (48 bytes): key, fences header and value
 // share one allocation. Deleted and expired keys stay as tombstones
 // (live=false) because their sequence and fences are the base of the next
 // conditional write.
 type entry struct {
 	kv   []byte // key, then Latchkey-Fences header, then value; never modified once stored
 	seq  uint64 // stream sequence of the key's current message
+	exp  int64  // unix nanos (server clock) when the server expires it; 0 = never
 	flen uint32
 	klen uint16
 	live bool
 }
 
-func newEntry(key string, seq uint64, live bool, value []byte, fences string) entry {
+func newEntry(key string, seq uint64, exp int64, live bool, value []byte, fences string) entry {
 	kv := make([]byte, len(key)+len(fences)+len(value))
 	n := copy(kv, key)
 	n += copy(kv[n:], fences)
 	copy(kv[n:], value)
-	return entry{kv: kv, seq: seq, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
+	return entry{kv: kv, seq: seq, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
 }
 
 func (e *entry) key() []byte    { return e.kv[:e.klen] }
@@ -45,10 +46,11 @@ func probe(key string) entry {
 }
 
 // base is what a conditional write needs to know about a key's current
-// message: its sequence (0 = no message), whether it is a value, and its
-// fences.
+// message: its sequence (0 = no message), whether it is a value, when the
+// server expires it, and its fences.
 type base struct {
 	seq    uint64
+	exp    int64 // unix nanos, server clock; 0 = never expires
 	live   bool
 	fences string
 	value  []byte
@@ -87,14 +89,14 @@ func newView() *view {
 // apply records one message delivered by the consumer. Ordered consumers
 // may deliver a message again after a reset; older sequences are ignored.
 // key is ok=false for messages that are not keys (scan barriers).
-func (v *view) apply(key string, isKey bool, seq uint64, live bool, value []byte, fences string) {
+func (v *view) apply(key string, isKey bool, seq uint64, exp int64, live bool, value []byte, fences string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
 	if isKey {
 		old, found := v.tree.Get(probe(key))
 		if !found || seq > old.seq {
-			v.tree.ReplaceOrInsert(newEntry(key, seq, live, value, fences))
+			v.tree.ReplaceOrInsert(newEntry(key, seq, exp, live, value, fences))
 			if found && old.live {
 				v.live--
 			}
@@ -140,7 +142,7 @@ func (v *view) guess(key string) base {
 	defer v.mu.RUnlock()
 	var b base
 	if e, ok := v.tree.Get(probe(key)); ok {
-		b = base{seq: e.seq, live: e.live, fences: e.fences()}
+		b = base{seq: e.seq, exp: e.exp, live: e.live, fences: e.fences()}
 	}
 	if p, ok := v.pending[key]; ok && p.seq > b.seq {
 		b = p

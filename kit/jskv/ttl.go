@@ -1,0 +1,79 @@
+package jskv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// HeaderExpectedLastSubjectSeqSubject moves the subject that
+// HeaderExpectedLastSubjectSeq is checked against (nats-server 2.11+).
+const HeaderExpectedLastSubjectSeqSubject = "Nats-Expected-Last-Subject-Sequence-Subject"
+
+// BarrierToken is the last subject token of the barrier messages latchkey
+// writes into its buckets. '=' lies outside EncodeKey's alphabet, so a
+// barrier never collides with a stored key.
+const BarrierToken = "=sync"
+
+// Expiry returns when the server will expire a message stored at ts with
+// header h: ts plus its Nats-TTL, read the way nats-server reads it (a Go
+// duration or whole seconds). ok is false for a message that never
+// expires. The instant is on the clock of the server that stored the
+// message; the server acts on it at that instant or later, never earlier.
+func Expiry(ts time.Time, h nats.Header) (at time.Time, ok bool) {
+	v := h.Get(HeaderTTL)
+	if v == "" || v == "never" {
+		return time.Time{}, false
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, nerr := strconv.ParseInt(v, 10, 64)
+		if nerr != nil || n <= 0 {
+			return time.Time{}, false
+		}
+		d = time.Duration(n) * time.Second
+	}
+	return ts.Add(d.Truncate(time.Second)), true
+}
+
+// ConfirmLast proves, by a write that a quorum of the stream commits, that
+// the last message of subject had sequence seq (0: no message) at some
+// instant after ConfirmLast was called. It publishes an empty message on
+// barrier (a subject of the same stream that holds nothing else of
+// interest) conditioned on subject's last sequence. A leader cut off from
+// its quorum can still answer reads; it cannot commit this write, so a
+// read confirmed this way was not answered by a deposed leader.
+//
+// It returns the barrier's stream sequence; ErrWrongLastSequence when the
+// subject had moved on (nothing was written); apierr 503s otherwise.
+func ConfirmLast(ctx context.Context, js jetstream.JetStream, barrier, subject string, seq uint64) (uint64, error) {
+	h := nats.Header{}
+	h.Set(HeaderExpectedLastSubjectSeq, strconv.FormatUint(seq, 10))
+	h.Set(HeaderExpectedLastSubjectSeqSubject, subject)
+	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: barrier, Header: h})
+	if err == nil {
+		return ack.Sequence, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case codeWrongLastSeq, codeWrongLastSeqConst:
+			return 0, fmt.Errorf("%w: %s: %s", ErrWrongLastSequence, subject, apiErr.Description)
+		case codeLastSeqNotReady:
+			return 0, apierr.Unavailable("jetstream_busy", "confirming %s: %s; retry", subject, apiErr.Description)
+		}
+	}
+	if errors.Is(err, context.Canceled) {
+		return 0, err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return 0, apierr.Unavailable("no_quorum", "no quorum confirmed %s in time: the stream leader may be cut off; retry", subject)
+	}
+	return 0, apierr.Unavailable("no_quorum", "confirming %s failed: %v", subject, err)
+}
