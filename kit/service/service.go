@@ -229,6 +229,11 @@ func (s *Service) message(ep Endpoint, req *Request, resp proto.Message, err err
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
 			err = apierr.Unavailable("timeout", "%s: request timed out: %v", s.cfg.Name, err)
+		case errors.Is(err, context.Canceled):
+			// Only Stop cancels request contexts (or a service's own stop
+			// cancels what a handler waits on): the request was cut short
+			// by shutdown, not wrong, so another instance can serve it.
+			err = apierr.Unavailable("shutting_down", "%s is shutting down; retry", s.cfg.Name)
 		case jskv.TooLarge(err):
 			// A message NATS refuses for its size stays refused: retrying
 			// (a 503) cannot help, the caller must send less.

@@ -267,3 +267,35 @@ func mustMarshal(t *testing.T, m proto.Message) []byte {
 	}
 	return b
 }
+
+// A request that Stop cuts short (its context cancelled once Stop's own
+// patience ran out) is a 503 the caller retries elsewhere, not a 500.
+func TestStopCancelledRequestIs503(t *testing.T) {
+	s := natstest.Server(t)
+	nc := natstest.Connect(t, s.ClientURL())
+	entered := make(chan struct{})
+	svc, err := service.Start(nc, service.Config{Name: "latchkey-test", Version: "0.0.1"}, service.Endpoint{
+		Name: "wait", Subject: "t.wait",
+		Func: func(ctx context.Context, r *service.Request) (proto.Message, error) {
+			close(entered)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		got <- service.Call(context.Background(), nc, "t.wait", nil, &pb.GetRequest{Key: "k"}, &pb.GetResponse{})
+	}()
+	<-entered
+	stopCtx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_ = svc.Stop(stopCtx)
+	err = <-got
+	var e *apierr.Error
+	if !errors.As(err, &e) || e.Code() != 503 || e.Reason != "shutting_down" {
+		t.Fatalf("request cancelled by Stop: %v, want 503 shutting_down", err)
+	}
+}
