@@ -158,35 +158,75 @@ func IsDeleteMarker(h nats.Header) bool {
 // PublishIfLast publishes data with hdr to subject only if the last
 // sequence stored for subject is expected (0: the subject has no message).
 // It returns the new message's stream sequence. A mismatch is
-// ErrWrongLastSequence (nothing was written); other failures are apierr
-// 503s, since whether the write happened is then unknown or it did not.
-// hdr is not modified.
+// ErrWrongLastSequence (nothing was written); a refused size is a 413;
+// other failures are apierr 503s, since whether the write happened is then
+// unknown or it did not. hdr is not modified.
+//
+// A stream leader that has just taken over answers 10163 until it knows
+// every subject's last sequence. Nothing was written then, so the publish
+// is repeated with a short backoff until ctx ends (or, without a deadline,
+// for notReadyPatience) instead of failing a write that would succeed a
+// few milliseconds later.
 func PublishIfLast(ctx context.Context, js jetstream.JetStream, subject string, data []byte, hdr nats.Header, expected uint64) (uint64, error) {
 	h := make(nats.Header, len(hdr)+1)
 	for k, v := range hdr {
 		h[k] = append([]string(nil), v...)
 	}
 	h.Set(HeaderExpectedLastSubjectSeq, strconv.FormatUint(expected, 10))
-	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: data})
-	if err == nil {
-		return ack.Sequence, nil
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, notReadyPatience)
+		defer cancel()
 	}
+	for wait := notReadyFirstWait; ; wait = min(2*wait, notReadyMaxWait) {
+		ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: data})
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		if !lastSeqNotReady(err) {
+			return 0, publishError(subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, publishError(subject, err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Backoff for 10163 (see PublishIfLast): a leader election settles in
+// milliseconds to a few seconds.
+const (
+	notReadyFirstWait = 5 * time.Millisecond
+	notReadyMaxWait   = 200 * time.Millisecond
+	notReadyPatience  = 5 * time.Second
+)
+
+// lastSeqNotReady reports JetStream 10163: the new stream leader cannot
+// check an expected last subject sequence yet; nothing was written.
+func lastSeqNotReady(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) && ae.ErrorCode == codeLastSeqNotReady
+}
+
+// publishError classifies a failed conditional publish.
+func publishError(subject string, err error) error {
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) {
 		switch apiErr.ErrorCode {
 		case codeWrongLastSeq, codeWrongLastSeqConst:
-			return 0, fmt.Errorf("%w: %s: %s", ErrWrongLastSequence, subject, apiErr.Description)
+			return fmt.Errorf("%w: %s: %s", ErrWrongLastSequence, subject, apiErr.Description)
 		case codeLastSeqNotReady:
-			return 0, apierr.Unavailable("jetstream_busy", "write to %s not checked, retry: %s", subject, apiErr.Description)
+			return apierr.Unavailable("jetstream_busy", "write to %s not checked, retry: %s", subject, apiErr.Description)
 		}
 	}
 	if e := TooLargeError("write to "+subject, err); e != nil {
-		return 0, e
+		return e
 	}
 	if errors.Is(err, context.Canceled) {
-		return 0, err
+		return err
 	}
-	return 0, apierr.Unavailable("jetstream_write", "write to %s failed: %v", subject, err)
+	return apierr.Unavailable("jetstream_write", "write to %s failed: %v", subject, err)
 }
 
 // TooLarge reports whether err is NATS or JetStream refusing a message for

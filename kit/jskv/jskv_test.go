@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,4 +276,80 @@ func TestTooLargeAgainstRealServerErrors(t *testing.T) {
 	if _, err := jskv.PublishIfLast(ctx, js, m.Subject, m.Data, m.Header, 0); !errors.Is(err, apierr.ErrTooLarge) {
 		t.Fatalf("PublishIfLast with headers over 64 KiB: %v, want a 413", err)
 	}
+}
+
+// notReadyLeader answers JetStream publishes on subject the way a stream
+// leader fresh from an election does: 10163 for the first n attempts, then
+// an ack. nats-server 2.15.2 defines 10163 but never sends it, so a real
+// cluster cannot be made to; this responder speaks the server's wire reply.
+func notReadyLeader(t *testing.T, nc *nats.Conn, subject string, n int) *atomic.Int32 {
+	t.Helper()
+	var attempts atomic.Int32
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if m.Header.Get(jskv.HeaderExpectedLastSubjectSeq) != "7" {
+			_ = m.Respond([]byte(`{"error":{"code":400,"err_code":10003,"description":"expected header missing"}}`))
+			return
+		}
+		if int(attempts.Add(1)) <= n {
+			_ = m.Respond([]byte(`{"error":{"code":503,"err_code":10163,"description":"expected last sequence per subject temporarily unavailable"}}`))
+			return
+		}
+		_ = m.Respond([]byte(`{"stream":"KV_t","seq":8}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &attempts
+}
+
+// 10163 means nothing was written: PublishIfLast retries it until the
+// leader is ready, and gives up with a 503 only when ctx ends.
+func TestPublishIfLastRetriesNotReady(t *testing.T) {
+	nc, js, _ := setup(t)
+	cases := []struct {
+		name      string
+		notReady  int
+		timeout   time.Duration
+		wantSeq   uint64
+		wantErr   error
+		wantTries int32 // 0: at least 2
+	}{
+		{"ready at once", 0, 2 * time.Second, 8, nil, 1},
+		{"ready after three refusals", 3, 2 * time.Second, 8, nil, 4},
+		{"never ready before ctx ends", 1 << 30, 300 * time.Millisecond, 0, apierr.ErrUnavailable, 0},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			subject := "fake.leader." + strconv.Itoa(i)
+			attempts := notReadyLeader(t, nc, subject, c.notReady)
+			ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			defer cancel()
+			began := time.Now()
+			seq, err := jskv.PublishIfLast(ctx, js, subject, []byte("v"), nil, 7)
+			if seq != c.wantSeq || !errors.Is(err, c.wantErr) || (c.wantErr == nil && err != nil) {
+				t.Fatalf("PublishIfLast = %d, %v; want %d, %v", seq, err, c.wantSeq, c.wantErr)
+			}
+			if c.wantErr != nil && reasonOf(err) != "jetstream_busy" {
+				t.Fatalf("gave up with %v, want reason jetstream_busy", err)
+			}
+			if got := attempts.Load(); (c.wantTries != 0 && got != c.wantTries) || (c.wantTries == 0 && got < 2) {
+				t.Fatalf("%d attempts, want %d", got, c.wantTries)
+			}
+			if el := time.Since(began); el > c.timeout+100*time.Millisecond {
+				t.Fatalf("took %v, past ctx's %v", el, c.timeout)
+			}
+		})
+	}
+}
+
+func reasonOf(err error) string {
+	var e *apierr.Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ""
 }
