@@ -7,6 +7,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/nats-io/nats.go"
 )
@@ -104,9 +106,40 @@ func Main(name string, fs *flag.FlagSet, c *Common, args []string, check func() 
 		os.Exit(2)
 	}
 	if err := run(name, c, log, start); err != nil {
+		var r *refusal
+		if errors.As(err, &r) {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, r.err)
+			os.Exit(2)
+		}
 		log.Error(name+" failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// refusal is a setting found unusable once connected (see Refuse).
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+// Refuse marks err (nil stays nil) as a refusal of the settings: returned
+// by a StartFunc, Main prints it and exits 2, as for a bad flag, rather
+// than 1, because some settings can only be checked against the server.
+func Refuse(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &refusal{err: err}
+}
+
+// CheckMaxValue refuses a --max-value (0: the default) whose messages the
+// connected server's max_payload cannot carry (limits.CheckMaxValue). A
+// StartFunc calls it before it serves anything.
+func CheckMaxValue(nc *nats.Conn, maxValue int) error {
+	if err := limits.CheckMaxValue(maxValue, nc.MaxPayload()); err != nil {
+		return Refuse(fmt.Errorf("--max-value (LATCHKEY_MAX_VALUE) does not fit the NATS server at %s: %w", nc.ConnectedUrlRedacted(), err))
+	}
+	return nil
 }
 
 func run(name string, c *Common, log *slog.Logger, start StartFunc) error {

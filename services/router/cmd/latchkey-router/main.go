@@ -24,6 +24,9 @@ func main() {
 	replicas := fs.Int("replicas", daemon.EnvInt("LATCHKEY_REPLICAS", 1), "JetStream replicas of the shard map bucket (LATCHKEY_REPLICAS)")
 	maxValue := fs.Int("max-value", daemon.EnvInt("LATCHKEY_MAX_VALUE", 0), "largest value in bytes; 0 means 512 KiB (LATCHKEY_MAX_VALUE)")
 	daemon.Main("latchkey-router", fs, common, os.Args[1:], nil, func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
+		if err := daemon.CheckMaxValue(nc, *maxValue); err != nil {
+			return nil, err // before anything is created or served
+		}
 		return router.Start(ctx, nc, router.Config{
 			Prefix: common.Prefix, Shards: *shards, Replicas: *replicas, MaxValueBytes: *maxValue, Logger: log,
 		})

@@ -38,6 +38,9 @@ func main() {
 		return nil
 	}
 	daemon.Main(storage.ServiceName, fs, common, os.Args[1:], check, func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (daemon.Stopper, error) {
+		if err := daemon.CheckMaxValue(nc, *maxValue); err != nil {
+			return nil, err // before anything is created or served
+		}
 		return storage.Start(ctx, nc, storage.Config{
 			Prefix: common.Prefix, Shards: ids, Replicas: *replicas, MaxValueBytes: *maxValue, Logger: log,
 		})
