@@ -36,7 +36,7 @@ var ErrViolations = errors.New("consistency violations found")
 // Config configures a run.
 type Config struct {
 	Duration time.Duration // how long traffic runs; default 30s
-	Clients  int           // concurrent clients; default 8
+	Clients  int           // concurrent clients of the random workload; default 8 (-1: none)
 	Keys     int           // key space size; default 16
 	Locks    int           // lock names; key i is fenced by lock i%Locks; default 4
 	Seed     uint64        // workload and fault schedule seed
@@ -65,6 +65,9 @@ type Config struct {
 	Schedule *Schedule
 	// PauseHolder adds paused-lock-holder faults to the schedule.
 	PauseHolder bool
+	// Edges selects the workloads aimed at TTL instants and fence bounds
+	// (edges.go); the zero value runs none of them.
+	Edges Edges
 	// Progress receives the schedule and one line per second; nil = none.
 	Progress io.Writer
 	// OutDir is where porcupine's visualisation goes on a violation;
@@ -76,9 +79,11 @@ func (c *Config) defaults() {
 	if c.Duration <= 0 {
 		c.Duration = 30 * time.Second
 	}
-	if c.Clients <= 0 {
+	if c.Clients == 0 {
 		c.Clients = 8
 	}
+	// A run of edge workloads alone (Clients -1) has no random workers.
+	c.Clients = max(c.Clients, 0)
 	if c.Keys <= 0 {
 		c.Keys = 16
 	}
@@ -104,6 +109,7 @@ func (c *Config) defaults() {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+	c.Edges.defaults()
 }
 
 // run is the state of one Run.
@@ -114,6 +120,8 @@ type run struct {
 	lks  []string
 
 	total, ok, unknown atomic.Int64
+	edgeMu             sync.Mutex
+	edgeTally          map[string]int // what the edge workloads saw, for the report
 	faultMu            sync.Mutex
 	current            string // the fault in effect, for progress lines
 	faults             []FaultRecord
@@ -169,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.Clients, cfg.Keys, cfg.Locks, cfg.Duration, cfg.Seed, cfg.Namespace)
 	fmt.Fprint(cfg.Progress, sched)
 
-	clients := make([]*client.Client, cfg.Clients+3)
+	clients := make([]*client.Client, cfg.Clients+3+edgeClients)
 	for i := range clients {
 		c, err := cfg.Connect(ctx, i)
 		if err != nil {
@@ -185,6 +193,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		wg.Go(func() { r.worker(wctx, i, clients[i]) })
 	}
 	wg.Go(func() { r.ttlWorker(wctx, clients[cfg.Clients+2]) })
+	r.startEdges(wctx, &wg, clients[cfg.Clients+3:])
 	faultsDone := make(chan struct{})
 	go func() {
 		defer close(faultsDone)
@@ -212,6 +221,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	fmt.Fprintf(cfg.Progress, "checking the history\n")
 	rep := r.verify(trafficEnd, sched)
+	rep.Edges = r.edgeLines()
 	if len(rep.Violations) > 0 {
 		return rep, fmt.Errorf("%w: %d", ErrViolations, len(rep.Violations))
 	}
@@ -259,8 +269,10 @@ func (r *run) record(op Op) {
 }
 
 // classify maps a client error to an outcome. 409 and 400-class answers
-// are definite refusals; everything else (timeouts, 503, 500, transport
-// errors) leaves the effect unknown.
+// are definite refusals that changed nothing (among them the edge rules:
+// 409 renew_too_late, fenced_key_ttl, too_many_fences, 400 unknown_token,
+// fence_with_ttl); everything else (timeouts, 503, 500, transport errors)
+// leaves the effect unknown.
 func classify(err error) Outcome {
 	switch {
 	case err == nil:
@@ -348,8 +360,16 @@ func (r *run) get(c *client.Client, id int, key string, kind Kind) Op {
 }
 
 func (r *run) put(_ context.Context, c *client.Client, id int, key, value string, expected *uint64, token uint64, lock string) Op {
-	op := Op{Client: id, Kind: KindPut, Key: key, Value: value, Token: token, Lock: lock}
+	return r.putTTL(c, id, key, value, expected, token, lock, 0, "")
+}
+
+// putTTL is put with ttl_ms (0 = none), recorded with probe as its Probe.
+func (r *run) putTTL(c *client.Client, id int, key, value string, expected *uint64, token uint64, lock string, ttl time.Duration, probe string) Op {
+	op := Op{Client: id, Kind: KindPut, Key: key, Value: value, Token: token, Lock: lock, TTL: ttl, Probe: probe}
 	var opts []client.WriteOption
+	if ttl > 0 {
+		opts = append(opts, client.WithTTL(ttl))
+	}
 	if expected != nil {
 		op.Kind, op.Expected = KindCAS, *expected
 		opts = append(opts, client.IfRevision(*expected))
@@ -444,10 +464,17 @@ func (r *run) renew(c *client.Client, id int, name string, token uint64, lease t
 	ctx, cancel := r.opCtx()
 	defer cancel()
 	op.Call = r.rec.now()
-	_, err := c.Renew(ctx, name, token, lease)
+	granted, err := c.Renew(ctx, name, token, lease)
 	op.Return = r.rec.now()
-	op.TTL, op.Outcome, op.Reason = lease, classify(err), reason(err)
-	op.ValidUntil = op.Call + lease
+	op.TTL, op.Granted, op.Outcome, op.Reason = lease, granted, classify(err), reason(err)
+	// An acknowledged renewal holds for the lease it granted, counted from
+	// when it was sent (the API's promise, even for a renewal that arrived
+	// as the old lease ran out); the lease asked for if the answer named
+	// none.
+	if granted <= 0 {
+		granted = lease
+	}
+	op.ValidUntil = op.Call + granted
 	r.record(op)
 	return op
 }

@@ -66,11 +66,16 @@ type Op struct {
 	// returned, for renew/release the token sent.
 	Lock  string
 	Token uint64
-	// TTL is the lease asked for by acquire or renew, and ValidUntil the
-	// offset until which the holder may rely on it: the lease counted from
-	// the invocation, since the grant happened no earlier.
+	// TTL is the lease asked for by acquire or renew, or a put's ttl_ms;
+	// ValidUntil the offset until which the holder may rely on its lease:
+	// counted from the invocation, since the grant happened no earlier.
 	TTL        time.Duration
 	ValidUntil time.Duration
+	// Granted is the lease a renewal's answer granted.
+	Granted time.Duration
+	// Probe marks the operations of the edge workloads whose outcome a
+	// check of its own judges (see edges.go): ProbeWritable.
+	Probe string
 
 	Prefix, After string // scan
 	Limit         int    // scan

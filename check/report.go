@@ -34,6 +34,10 @@ type Report struct {
 	StaleMaxLagAt Op // the stale get that lagged most
 	// StaleMaxLagMissed is the oldest acknowledged change it missed.
 	StaleMaxLagMissed Op
+	// Edges counts what the edge workloads saw, one "what: outcome: n"
+	// line each (how many writes landed at a TTL instant, how many
+	// renewals were acknowledged at a lease's end, which refusals came).
+	Edges []string
 }
 
 // Tally counts operations by outcome.
@@ -167,6 +171,12 @@ func (rep *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "  %6.1fs-%6.1fs %-24s %s\n", f.Injected.Seconds(), f.Healed.Seconds(), f.Fault, status)
 		}
 	}
+	if len(rep.Edges) > 0 {
+		fmt.Fprintf(w, "\nedge workloads:\n")
+		for _, l := range rep.Edges {
+			fmt.Fprintf(w, "  %s\n", l)
+		}
+	}
 	fmt.Fprintf(w, "\nchecks (%.1fs):\n", rep.CheckTime.Seconds())
 	fmt.Fprintf(w, "  key-value history: %s\n", rep.Linearizable)
 	if t := rep.ByKind[KindStaleGet]; t != nil {
@@ -183,7 +193,7 @@ func (rep *Report) Print(w io.Writer) {
 	for _, v := range rep.Violations {
 		counts[v.Check]++
 	}
-	for _, c := range []string{CheckLinearizable, CheckStale, CheckScan, CheckLockOverlap, CheckLockToken, CheckFence, CheckDurability, CheckTTL} {
+	for _, c := range AllChecks {
 		verdict := "ok"
 		if n := counts[c]; n > 0 {
 			verdict = fmt.Sprintf("%d VIOLATION(S)", n)

@@ -23,7 +23,13 @@ const (
 	CheckFence        = "fence"
 	CheckDurability   = "durability"
 	CheckTTL          = "ttl"
+	CheckFenceRules   = "fence-rules"
+	CheckWritable     = "writable"
 )
+
+// AllChecks lists every check in the order the report prints them.
+var AllChecks = []string{CheckLinearizable, CheckStale, CheckScan, CheckLockOverlap, CheckLockToken, CheckFence,
+	CheckFenceRules, CheckWritable, CheckDurability, CheckTTL}
 
 // Violation is one failed check.
 type Violation struct {
@@ -54,6 +60,8 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 	rep.Violations = append(rep.Violations, checkFences(ops)...)
 	rep.Violations = append(rep.Violations, r.checkDurability(ops)...)
 	rep.Violations = append(rep.Violations, checkTTL(ops)...)
+	rep.Violations = append(rep.Violations, checkFenceRules(ops)...)
+	rep.Violations = append(rep.Violations, checkWritable(ops)...)
 	rep.CheckTime = time.Since(began)
 	return rep
 }
@@ -64,9 +72,20 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 // before the scan began, and the view is a consistent cut of the stream
 // taken while the scan ran, so each key in it is a linearizable read.
 // Reads without an answer carry no information and are left out; writes
-// refused for another reason than 409 (a 400: the checker's own mistake)
-// changed nothing and are left out too.
+// refused for another reason than 409 (a 400: the checker's own mistake,
+// or a rule such as unknown_token or fence_with_ttl) changed nothing and
+// are left out too.
+//
+// Every put with ttl_ms that may have happened brings an Expire step (see
+// kvmodel): the server may remove its value no earlier than the put's
+// invocation plus the TTL rounded up to whole seconds (the server rounds
+// up, and it stores the message no earlier than the invocation), and must
+// have removed it, unless it was overwritten, by the put's return plus the
+// rounded TTL plus ttlSlack (the expiry timer's tick, the marker's
+// replication and a busy machine). A put whose outcome is unknown may take
+// effect at any later time, so its expiry may too.
 func (r *run) history(ops []Op) []porcupine.Operation {
+	expirer := r.cfg.Clients + 3 + edgeClients // the server, in the visualisation
 	var h []porcupine.Operation
 	add := func(op Op, in kvmodel.Input, out kvmodel.Output) {
 		ret := int64(op.Return)
@@ -77,15 +96,15 @@ func (r *run) history(ops []Op) []porcupine.Operation {
 	}
 	for _, op := range ops {
 		switch op.Kind {
-		case KindGet, KindFinalGet:
+		case KindGet, KindFinalGet, KindTTLGet:
 			if op.Outcome == OK {
 				add(op, kvmodel.Input{Op: kvmodel.Get, Key: op.Key}, kvmodel.Output{Found: op.Found, Value: op.Result, Rev: op.Rev})
 			}
-		case KindPut, KindCAS, KindDel:
+		case KindPut, KindCAS, KindDel, KindTTLPut:
 			if op.Invalid {
 				continue
 			}
-			in := kvmodel.Input{Op: kvmodel.Put, Key: op.Key, Value: op.Value, Fence: op.Token}
+			in := kvmodel.Input{Op: kvmodel.Put, Key: op.Key, Value: op.Value, Fence: op.Token, Lock: op.Lock, TTL: op.TTL}
 			switch op.Kind {
 			case KindCAS:
 				in.Op, in.Expected = kvmodel.CAS, op.Expected
@@ -97,6 +116,14 @@ func (r *run) history(ops []Op) []porcupine.Operation {
 				out.Rev = 0
 			}
 			add(op, in, out)
+			if op.TTL > 0 && op.Outcome != Failed {
+				ret := int64(op.Return + ceilSecond(op.TTL) + ttlSlack)
+				if op.Outcome == Unknown {
+					ret = forever
+				}
+				h = append(h, porcupine.Operation{ClientId: expirer, Call: int64(op.Call + ceilSecond(op.TTL)), Return: ret,
+					Input: kvmodel.Input{Op: kvmodel.Expire, Key: op.Key, Value: op.Value}, Output: kvmodel.Output{}})
+			}
 		case KindScan:
 			if op.Outcome != OK {
 				continue
@@ -154,7 +181,12 @@ func (r *run) checkLinearizable(ops []Op, rep *Report) {
 		byKey[k] = append(byKey[k], op)
 	}
 	var bad []string
-	for _, k := range r.keys {
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
 		if porcupine.CheckOperationsTimeout(model, byKey[k], r.cfg.CheckTimeout) == porcupine.Illegal {
 			bad = append(bad, k)
 		}
@@ -201,7 +233,7 @@ func indexWrites(ops []Op) map[string]*keyWrites {
 			continue
 		}
 		switch op.Kind {
-		case KindPut, KindCAS:
+		case KindPut, KindCAS, KindTTLPut:
 			w := get(op.Key)
 			w.byValue[op.Value] = op
 			if op.Outcome == OK {
@@ -487,18 +519,22 @@ func realTimeOrder(ops []Op, describe func(earlier, later Op) string, check stri
 }
 
 // checkFences checks that no fenced write was accepted with a token below
-// one a fenced write to the same key had been acknowledged with before it
-// was invoked. (The key keeps its highest token; porcupine checks the same
-// rule in full, this names the writes.)
+// one a fenced write to the same key under the same lock had been
+// acknowledged with before it was invoked. (The key keeps its highest
+// token per lock, through unfenced writes, deletes and TTL expiries;
+// porcupine checks the same rule in full, this names the writes.)
 func checkFences(ops []Op) []Violation {
-	byKey := map[string][]Op{}
+	type keyLock struct{ key, lock string }
+	byKey := map[keyLock][]Op{}
 	for _, op := range ops {
-		if (op.Kind == KindPut || op.Kind == KindDel) && op.Token != 0 && op.Outcome == OK {
-			byKey[op.Key] = append(byKey[op.Key], op)
+		if (op.Kind == KindPut || op.Kind == KindDel) && op.Token != 0 && op.Token < unissuedToken && op.Outcome == OK {
+			kl := keyLock{op.Key, op.Lock}
+			byKey[kl] = append(byKey[kl], op)
 		}
 	}
 	var vs []Violation
-	for key, ws := range byKey {
+	for kl, ws := range byKey {
+		key := kl.key
 		for _, v := range realTimeOrder(ws, func(earlier, later Op) string {
 			return fmt.Sprintf("key %q: %s with token %d by client %d at %s accepted after a %s with token %d was acknowledged at %.3fs",
 				key, later.Kind, later.Token, later.Client, at(later), earlier.Kind, earlier.Token, earlier.Return.Seconds())
@@ -509,24 +545,40 @@ func checkFences(ops []Op) []Violation {
 	return vs
 }
 
-// checkDurability compares the final linearizable read of every key with
-// the acknowledged writes: the newest acknowledged change (by revision)
-// must still be there unless a write with an unknown outcome, or one that
-// was still running, replaced it.
+// checkDurability compares the last linearizable read of every key that
+// began after every write of that key had returned (for the workload's
+// keys, the final reads; for the edge workloads' keys, their read-backs)
+// with the acknowledged writes: the newest acknowledged change (by
+// revision) must still be there unless a write with an unknown outcome
+// replaced it, or it was a put with ttl_ms whose TTL (rounded up) had run
+// out before the read began. This is where an acknowledged write swallowed
+// by the expiry of the key's previous value shows by name.
 func (r *run) checkDurability(ops []Op) []Violation {
 	idx := indexWrites(ops)
-	final := map[string]Op{}
+	lastWrite := map[string]time.Duration{}
 	for _, op := range ops {
-		if op.Kind == KindFinalGet && op.Outcome == OK {
-			final[op.Key] = op
+		switch op.Kind {
+		case KindPut, KindCAS, KindDel, KindTTLPut:
+			lastWrite[op.Key] = max(lastWrite[op.Key], op.Return)
 		}
 	}
-	var vs []Violation
-	for _, key := range r.keys {
-		f, ok := final[key]
-		if !ok {
-			continue
+	final := map[string]Op{}
+	for _, op := range ops {
+		switch op.Kind {
+		case KindGet, KindFinalGet, KindTTLGet:
+			if f, seen := final[op.Key]; op.Outcome == OK && op.Call > lastWrite[op.Key] && (!seen || op.Call > f.Call) {
+				final[op.Key] = op
+			}
 		}
+	}
+	keys := make([]string, 0, len(final))
+	for k := range final {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var vs []Violation
+	for _, key := range keys {
+		f := final[key]
 		w := idx[key]
 		if w == nil || len(w.changes) == 0 {
 			continue
@@ -536,8 +588,8 @@ func (r *run) checkDurability(ops []Op) []Violation {
 			src, known := w.byValue[f.Result]
 			switch {
 			case f.Rev < last.Rev:
-				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q ends at revision %d (%q), but a %s was acknowledged with revision %d at %.3fs: lost",
-					key, f.Rev, f.Result, last.Kind, last.Rev, last.Return.Seconds())})
+				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q reads revision %d (%q) at %s, but a %s was acknowledged with revision %d at %s: lost",
+					key, f.Rev, f.Result, at(f), last.Kind, last.Rev, at(last))})
 			case !known:
 				vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q ends with %q, which no put wrote", key, f.Result)})
 			case f.Rev > last.Rev && src.Outcome == OK:
@@ -545,7 +597,7 @@ func (r *run) checkDurability(ops []Op) []Violation {
 			}
 			continue
 		}
-		if last.Kind == KindDel {
+		if last.Kind == KindDel || (last.TTL > 0 && f.Call >= last.Call+ceilSecond(last.TTL)) {
 			continue
 		}
 		deleted := false
@@ -556,8 +608,8 @@ func (r *run) checkDurability(ops []Op) []Violation {
 			}
 		}
 		if !deleted {
-			vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q is absent at the end, but %q was acknowledged with revision %d at %.3fs and no delete followed: lost",
-				key, last.Value, last.Rev, last.Return.Seconds())})
+			vs = append(vs, Violation{CheckDurability, fmt.Sprintf("key %q is absent at %s, but %q was acknowledged with revision %d at %s and no delete followed: lost",
+				key, at(f), last.Value, last.Rev, at(last))})
 		}
 	}
 	return vs

@@ -160,8 +160,8 @@ func fenceWrite(stored, lock string, t uint64) (stale, must, may bool, raised st
 // than MaxFenceLocks locks or more than MaxFenceBytes of fences) for
 // certain, or perhaps. The count is exact. The byte size depends on how the
 // service measures its stored fences, which the API does not say; so
-// "certainly over" uses a measure no encoding can undercut (each lock's
-// name plus one byte for its token), and "perhaps over" one that no
+// "certainly over" uses a measure no encoding can undercut (the lock
+// names' bytes alone), and "perhaps over" one that no
 // plausible encoding exceeds (a protobuf map entry's name plus 20 bytes of
 // tags, lengths and varint, then base64). Between the two a refusal and
 // an acceptance are both legitimate.
@@ -171,7 +171,7 @@ func fenceBounds(fs fenceSet) (must, may bool) {
 	}
 	low, high := 0, 0
 	for _, f := range fs {
-		low += len(f.lock) + 1
+		low += len(f.lock)
 		high += len(f.lock) + 20
 	}
 	high = (high + 2) / 3 * 4
