@@ -134,21 +134,46 @@ func ensureMap(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValu
 }
 
 // checkEmpty refuses a shard set change while any current shard holds data:
-// keys would silently move to shards that do not have them.
+// keys would silently move to shards that do not have them. Storage's
+// barrier message ($KV.<bucket>.=sync) is not data: every storage instance
+// writes one, so counting it would refuse every change once storage ran.
 func checkEmpty(ctx context.Context, js jetstream.JetStream, shards []string, bucketOf func(string) string, want int) error {
 	for _, id := range shards {
-		st, err := js.Stream(ctx, "KV_"+bucketOf(id))
+		bucket := bucketOf(id)
+		st, err := js.Stream(ctx, "KV_"+bucket)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("check shard %s for data: %w", id, err)
 		}
-		if st.CachedInfo().State.Msgs > 0 {
+		keys, err := keySubjects(ctx, st, bucket)
+		if err != nil {
+			return fmt.Errorf("check shard %s for data: %w", id, err)
+		}
+		if keys > 0 {
 			return &migrationError{have: len(shards), want: want}
 		}
 	}
 	return nil
+}
+
+// keySubjects counts the subjects of a shard's stream that hold a key (a
+// value or a delete marker, whose fences travel with the key): all of them
+// but the barrier's.
+func keySubjects(ctx context.Context, st jetstream.Stream, bucket string) (uint64, error) {
+	n := st.CachedInfo().State.NumSubjects
+	if n == 0 {
+		return 0, nil
+	}
+	_, err := st.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+jskv.BarrierToken)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return n, nil
+	case err != nil:
+		return 0, err
+	}
+	return n - 1, nil
 }
 
 func sameSet(a, b []string) bool {
