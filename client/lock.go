@@ -65,7 +65,7 @@ func defaultOwner() string {
 
 // Lock is a held lock. Unless WithoutKeepAlive was given it renews its
 // lease in the background at about a third of the TTL; Done is closed when
-// the lease is lost or released. Pass Token to writes with WithFence, so
+// the lease is lost or released, and at Expires at the latest. Pass Token to writes with WithFence, so
 // a write made after the lease was lost (a long GC pause, a partition) is
 // refused once a newer holder has written.
 type Lock struct {
@@ -76,8 +76,10 @@ type Lock struct {
 
 	mu      sync.Mutex
 	ttl     time.Duration
-	expires time.Time // conservative: measured from before the request that granted it
-	err     error     // why done closed
+	expires time.Time   // conservative: measured from before the request that granted it
+	expiry  *time.Timer // closes done at expires; re-armed by every grant
+	renews  bool        // keep-alive runs
+	err     error       // why done closed
 
 	done    chan struct{}
 	stop    chan struct{} // closed by Release to end keep-alive
@@ -94,7 +96,10 @@ func (l *Lock) Owner() string { return l.owner }
 // handed out before it for this name.
 func (l *Lock) Token() uint64 { return l.token }
 
-// Done is closed when the lock is no longer held: lost or released.
+// Done is closed when the lock is no longer held: lost, released, or its
+// lease ran out. It closes at Expires at the latest, even while a renewal
+// is still in flight: a renewal that has not been acknowledged by then
+// cannot be counted on.
 func (l *Lock) Done() <-chan struct{} { return l.done }
 
 // Err is nil while the lock is held, then matches ErrLockLost or
@@ -106,7 +111,9 @@ func (l *Lock) Err() error {
 }
 
 // Expires is this process's conservative estimate of when the lease ends
-// unless renewed: it counts from before the request that set it.
+// unless renewed: it counts from when the request that set it was sent,
+// never from when its reply arrived. Done closes at this instant unless a
+// renewal moved it first.
 func (l *Lock) Expires() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -117,11 +124,51 @@ func (l *Lock) Expires() time.Time {
 func (l *Lock) finish(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.finishLocked(err)
+}
+
+func (l *Lock) finishLocked(err error) {
 	if l.err != nil {
 		return
 	}
 	l.err = err
+	l.expiry.Stop()
 	close(l.done)
+}
+
+// grant records a lease of ttl granted by a request sent at sent: the
+// locker counts the lease from no earlier than that, so sent+ttl is an end
+// the real lease does not precede, whenever the reply arrived. A lock
+// already lost stays lost.
+func (l *Lock) grant(sent time.Time, ttl time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return
+	}
+	l.ttl, l.expires = ttl, sent.Add(ttl)
+	l.expiry.Reset(time.Until(l.expires))
+}
+
+// onExpiry runs when the expiry timer fires. A grant that moved the lease
+// end after the timer was armed may race with it; the end is re-read under
+// the lock, so a renewal acknowledged in time always wins and a late one
+// never reopens Done.
+func (l *Lock) onExpiry() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return
+	}
+	if left := time.Until(l.expires); left > 0 {
+		l.expiry.Reset(left)
+		return
+	}
+	why := "ran out before it could be renewed"
+	if !l.renews {
+		why = "ended (no keep-alive)"
+	}
+	l.finishLocked(fmt.Errorf("%w: lease of %q %s", ErrLockLost, l.name, why))
 }
 
 // Acquire takes the named lock. A held lock is an error matching
@@ -166,14 +213,18 @@ func (c *Client) callWait(ctx context.Context, endpoint string, req, resp proto.
 func (c *Client) held(ctx context.Context, name string, o lockOptions, resp *pb.AcquireResponse, sent time.Time) (*Lock, error) {
 	ttl := time.Duration(resp.TtlMs) * time.Millisecond
 	l := &Lock{
-		c: c, name: name, owner: o.owner, token: resp.Token,
-		ttl: ttl, expires: sent.Add(ttl),
+		c: c, name: name, owner: o.owner, token: resp.Token, renews: o.keepAlive,
 		done: make(chan struct{}), stop: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	l.mu.Lock()
+	l.ttl, l.expires = ttl, sent.Add(ttl)
+	l.expiry = time.AfterFunc(time.Until(l.expires), l.onExpiry)
+	l.mu.Unlock()
 	// After a long wait the grant may have happened anywhere since sent;
 	// one renewal pins the lease end to a known time.
 	if time.Since(sent) > ttl/10 {
 		if err := l.renewOnce(ctx); err != nil {
+			l.finish(fmt.Errorf("%w: %w", ErrLockLost, err))
 			close(l.stopped)
 			return nil, err
 		}
@@ -182,68 +233,49 @@ func (c *Client) held(ctx context.Context, name string, o lockOptions, resp *pb.
 		go l.keepAlive()
 	} else {
 		close(l.stopped)
-		go l.expireAt()
 	}
 	return l, nil
 }
 
 // renewOnce renews the lease for its current TTL and moves the local
-// expiry estimate.
+// expiry estimate. The request is bounded by the lease left: the locker
+// refuses a renewal of a lease that has ended, so waiting longer for one
+// is pointless, and its answer would come after Done closed anyway.
 func (l *Lock) renewOnce(ctx context.Context) error {
+	ctx, cancel := context.WithDeadline(ctx, l.Expires())
+	defer cancel()
 	sent := time.Now()
 	ttl, err := l.c.Renew(ctx, l.name, l.token, 0)
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	l.ttl, l.expires = ttl, sent.Add(ttl)
-	l.mu.Unlock()
+	l.grant(sent, ttl)
 	return nil
-}
-
-// expireAt closes Done when the lease runs out (no keep-alive).
-func (l *Lock) expireAt() {
-	t := time.NewTimer(time.Until(l.Expires()))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		l.finish(fmt.Errorf("%w: lease of %q ended (no keep-alive)", ErrLockLost, l.name))
-	case <-l.stop:
-	}
 }
 
 // keepAlive renews at a third of the TTL. A refused renewal (409) ends the
 // lock at once; failures to reach the locker are retried more often until
-// the lease would have ended, and then the lock counts as lost too.
+// the lease ends, when the expiry timer closes Done (not this loop, which
+// may be waiting on a renewal then).
 func (l *Lock) keepAlive() {
 	defer close(l.stopped)
 	l.mu.Lock()
 	next := time.Now().Add(l.ttl / 3)
 	l.mu.Unlock()
-	t := time.NewTimer(0)
+	t := time.NewTimer(time.Until(next))
 	defer t.Stop()
 	for {
-		exp := l.Expires()
-		wake := next
-		if exp.Before(wake) {
-			wake = exp
-		}
-		t.Reset(time.Until(wake))
 		select {
 		case <-l.stop:
 			return
-		case <-t.C:
-		}
-		if !time.Now().Before(l.Expires()) {
-			l.finish(fmt.Errorf("%w: lease of %q ran out before it could be renewed", ErrLockLost, l.name))
+		case <-l.done:
 			return
+		case <-t.C:
 		}
 		l.mu.Lock()
 		ttl := l.ttl
 		l.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), max(ttl/3, time.Second))
-		err := l.renewOnce(ctx)
-		cancel()
+		err := l.renewOnce(context.Background())
 		switch {
 		case err == nil:
 			next = time.Now().Add(ttl / 3)
@@ -253,6 +285,7 @@ func (l *Lock) keepAlive() {
 		default:
 			next = time.Now().Add(max(ttl/10, 200*time.Millisecond))
 		}
+		t.Reset(time.Until(next))
 	}
 }
 
