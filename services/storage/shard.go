@@ -38,8 +38,9 @@ const (
 	// are on the server's clock, the guard is measured on ours.
 	clockAllowance = 100 * time.Millisecond
 	// expiryPoll is how often a write waiting for the server to expire its
-	// base re-reads the key; the server's expiry timer ticks every ~250ms.
-	expiryPoll = 10 * time.Millisecond
+	// base re-reads the key when the view has not shown the change; the
+	// view normally wakes it first.
+	expiryPoll = 100 * time.Millisecond
 	// confirmAttempts bounds how often a linearizable get re-reads a key
 	// that changed between its read and the read's quorum confirmation.
 	confirmAttempts = 4
@@ -500,21 +501,11 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	for attempt := 0; attempt < maxWriteAttempts; attempt++ {
 		if sh.guarded(cur) {
 			// The server may expire cur under a write conditioned on it
-			// and purge the write with its expiry marker. Make sure cur
-			// is real, then let the server expire it and write on the
-			// marker instead.
-			if !authoritative {
-				if err := refresh(); err != nil {
-					return writeResult{}, err
-				}
-				continue
-			}
-			b, err := sh.awaitExpiry(ctx, w.key, cur)
-			if err != nil {
+			// and purge the write with its expiry marker: let the server
+			// expire it (or someone replace it) and write on what follows.
+			if cur, authoritative, err = sh.awaitExpiry(ctx, w.key, cur); err != nil {
 				return writeResult{}, err
 			}
-			cur = b
-			sh.view.remember(w.key, cur)
 			continue
 		}
 		fencesHdr, skip, err := w.plan(cur, sh.unsafe)

@@ -54,28 +54,34 @@ func (sh *shard) ackedLate(cur base) bool {
 // awaitExpiry waits until key's last message is no longer cur, which the
 // server's expiry marker normally ends, and returns what replaced it. It
 // never decides by time alone: the server expires at cur.exp on its clock
-// or later (its timer ticks, it may be busy), so it sleeps until shortly
-// before then and polls the leader.
-func (sh *shard) awaitExpiry(ctx context.Context, key string, cur base) (base, error) {
+// or later (its expiry pass runs at most every 250 ms, and may be late).
+// It sleeps until the view applies a newer message of key, and takes that
+// as the next base (authoritative false: the write conditioned on it will
+// tell); should the view lag, it reads from the leader shortly after
+// cur.exp and then every expiryPoll.
+func (sh *shard) awaitExpiry(ctx context.Context, key string, cur base) (b base, authoritative bool, err error) {
 	expiringWrites.WithLabelValues(sh.id).Inc()
-	wait := time.Until(time.Unix(0, cur.exp).Add(-clockAllowance))
+	wait := time.Until(time.Unix(0, cur.exp)) + expiryPoll
 	for {
-		if wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return base{}, apierr.Unavailable("expiry_pending",
-					"shard %s: the key's previous value is expiring and the server has not written its expiry marker yet; retry", sh.id)
-			case <-t.C:
-			}
+		changed, stop := sh.view.keyChanged(key, cur.seq)
+		t := time.NewTimer(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			stop()
+			t.Stop()
+			return base{}, false, apierr.Unavailable("expiry_pending",
+				"shard %s: the key's previous value is expiring and the server has not written its expiry marker yet; retry", sh.id)
+		case <-changed:
+			t.Stop()
+			return sh.view.guess(key), false, nil
+		case <-t.C:
 		}
-		b, err := sh.leaderRead(ctx, key)
-		if err != nil {
-			return base{}, err
+		stop()
+		if b, err = sh.leaderRead(ctx, key); err != nil {
+			return base{}, false, err
 		}
 		if b.seq != cur.seq {
-			return b, nil
+			return b, true, nil
 		}
 		wait = expiryPoll
 	}

@@ -75,6 +75,9 @@ type view struct {
 	live     int // live keys in tree
 	waiters  int
 	notify   chan struct{}
+	// keyWatch holds, per key, channels closed when the key next changes
+	// (keyChanged): writes waiting out an expiry sleep on them.
+	keyWatch map[string][]chan struct{}
 }
 
 func newView() *view {
@@ -82,6 +85,7 @@ func newView() *view {
 		tree:     btree.NewG(32, lessEntry),
 		pending:  make(map[string]base),
 		notify:   make(chan struct{}),
+		keyWatch: make(map[string][]chan struct{}),
 		progress: time.Now(),
 	}
 }
@@ -106,6 +110,12 @@ func (v *view) apply(key string, isKey bool, seq uint64, exp int64, live bool, v
 		}
 		if p, ok := v.pending[key]; ok && p.seq <= seq {
 			delete(v.pending, key)
+		}
+		if chs, ok := v.keyWatch[key]; ok {
+			for _, ch := range chs {
+				close(ch)
+			}
+			delete(v.keyWatch, key)
 		}
 	}
 	if seq > v.applied {
@@ -201,6 +211,36 @@ func (v *view) wait(ctx context.Context, seq uint64) error {
 	}
 	v.mu.Unlock()
 	return nil
+}
+
+// keyChanged returns a channel that is closed once the view applies a
+// message of key newer than seq (at once if it already has), and a func
+// that gives the channel up.
+func (v *view) keyChanged(key string, seq uint64) (<-chan struct{}, func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	ch := make(chan struct{})
+	if e, ok := v.tree.Get(probe(key)); ok && e.seq > seq {
+		close(ch)
+		return ch, func() {}
+	}
+	v.keyWatch[key] = append(v.keyWatch[key], ch)
+	return ch, func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		chs := v.keyWatch[key]
+		for i, c := range chs {
+			if c == ch {
+				chs = append(chs[:i], chs[i+1:]...)
+				break
+			}
+		}
+		if len(chs) == 0 {
+			delete(v.keyWatch, key)
+		} else {
+			v.keyWatch[key] = chs
+		}
+	}
 }
 
 // scan returns up to limit live keys with prefix that sort after after,
