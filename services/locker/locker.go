@@ -97,10 +97,10 @@ type Unsafe struct {
 // Server is a running locker instance. Any number may run against one
 // deployment; they share the bucket and agree through it.
 type Server struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	kv     jetstream.KeyValue
-	log    *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	log     *slog.Logger
 	stream  string
 	subj    string // "$KV.<bucket>." — key tokens follow
 	barrier string // "$KV.<bucket>.=sync": confirmations of reads

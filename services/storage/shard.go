@@ -48,11 +48,11 @@ const (
 
 // shard serves one shard id from one KV bucket.
 type shard struct {
-	id       string
-	bucket   string
-	stream   string
-	subjPfx  string // "$KV.<bucket>."
-	msgGet   string // leader read API subject
+	id          string
+	bucket      string
+	stream      string
+	subjPfx     string // "$KV.<bucket>."
+	msgGet      string // leader read API subject
 	barrierSubj string // "$KV.<bucket>.=sync"
 	nc          *nats.Conn
 	js          jetstream.JetStream
