@@ -102,9 +102,10 @@ const (
 	// past any expiry tick the writes could have raced.
 	settle = 700 * time.Millisecond
 	// contendFor is how long after an acknowledged renewal the contender
-	// keeps trying: a swallowed renewal frees the lock at the next expiry
-	// tick, well inside this, and the renewed lease (1 s) outlasts it.
-	contendFor = 600 * time.Millisecond
+	// keeps trying: a swallowed renewal frees the lock when the expiry
+	// marker commits, right after the renewal, well inside this; and the
+	// renewed lease (1 s) outlasts it.
+	contendFor = 300 * time.Millisecond
 	// unissuedToken is above any token a lock bucket will ever issue: a
 	// fence with it must be refused (400 unknown_token).
 	unissuedToken = uint64(1) << 52
@@ -132,9 +133,7 @@ func (r *run) startEdges(ctx context.Context, wg *sync.WaitGroup, cs []*client.C
 		wg.Go(func() { r.ttlEdges(ctx, cs[0]) })
 	}
 	if e.Renewals {
-		for j := range e.Keys {
-			wg.Go(func() { r.renewEdges(ctx, j, cs[1], cs[2]) })
-		}
+		wg.Go(func() { r.renewEdges(ctx, cs[1], cs[2]) })
 	}
 	if e.ManyFences {
 		wg.Go(func() { r.manyFences(cs[3], "fs", manyShort, 0) })
@@ -265,39 +264,70 @@ func (r *run) ttlEdges(ctx context.Context, c *client.Client) {
 	}
 }
 
-// renewEdges is one lock's loop: acquire a one-second lease, renew it at
-// an aimed instant around its server-side expiry, and after an
-// acknowledged renewal let a second client try to acquire (try-once) for
-// contendFor; then release. A renewal swallowed by the expiry shows as the
-// contender holding the lock while the renewed lease had time left.
-func (r *run) renewEdges(ctx context.Context, j int, holder, contender *client.Client) {
+// renewEdges runs bursts on Keys locks at once: each is acquired with a
+// one-second lease, renewed at an aimed instant, and after an acknowledged
+// renewal a second client tries to acquire it (try-once) for contendFor;
+// then it is released. A renewal swallowed by the lease's expiry shows as
+// the contender holding the lock while the renewed lease had time left.
+// The leases of a burst expire in the same two waves as TTL'd keys (see
+// ttlEdges), so renewals go mostly around those instants, some from well
+// before the renew guard (those must be accepted and hold) to past the
+// second wave.
+func (r *run) renewEdges(ctx context.Context, holder, contender *client.Client) {
 	hid, cid := r.edgeID(1), r.edgeID(2)
-	rng := rand.New(rand.NewPCG(r.cfg.Seed, 0x7e0+uint64(j)))
-	name := fmt.Sprintf("%se/renew/%d", r.cfg.Namespace, j)
-	for ctx.Err() == nil {
-		acq := r.acquire(holder, hid, name, edgeTTL, 0)
-		if acq.Outcome != OK {
-			r.sleepUntil(ctx, r.rec.now()+100*time.Millisecond)
-			continue
-		}
-		// From well before the guard (such renewals must be accepted and
-		// then hold) to past the expiry tick.
-		off := -400*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond+aimAfter)))
-		r.sleepUntil(context.Background(), expiryOf(acq, edgeTTL)+off)
-		rn := r.renew(holder, hid, name, acq.Token, edgeTTL)
-		r.tallyEdge("renewal at the lease's end", rn)
-		if rn.Outcome == OK {
-			for r.rec.now() < rn.Return+contendFor {
-				a := r.acquire(contender, cid, name, edgeTTL, 0)
-				if a.Outcome == OK {
-					r.tallyEdge("contender acquired after an acknowledged renewal", a)
-					r.release(contender, cid, name, a.Token)
-					break
-				}
-				time.Sleep(15 * time.Millisecond)
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, 0x7e0))
+	n := r.cfg.Edges.Keys
+	for round := 0; ctx.Err() == nil; round++ {
+		offs := make([]time.Duration, n)
+		for j := range n {
+			switch p := rng.IntN(100); {
+			case p < 55:
+				offs[j] = 246*time.Millisecond + time.Duration(rng.IntN(20_000))*time.Microsecond
+			case p < 75:
+				offs[j] = -4*time.Millisecond + time.Duration(rng.IntN(16_000))*time.Microsecond
+			default:
+				offs[j] = -400*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond+aimAfter)))
 			}
 		}
-		r.release(holder, hid, name, acq.Token)
+		acqs := make([]Op, n)
+		var wg sync.WaitGroup
+		for j := range n {
+			name := fmt.Sprintf("%se/renew/%d", r.cfg.Namespace, j)
+			wg.Go(func() { acqs[j] = r.acquire(holder, hid, name, edgeTTL, 0) })
+		}
+		wg.Wait()
+		first := time.Duration(-1)
+		for _, a := range acqs {
+			if a.Outcome == OK && (first < 0 || expiryOf(a, edgeTTL) < first) {
+				first = expiryOf(a, edgeTTL)
+			}
+		}
+		for j, acq := range acqs {
+			if acq.Outcome != OK {
+				continue
+			}
+			wg.Go(func() {
+				r.sleepUntil(context.Background(), first+offs[j])
+				rn := r.renew(holder, hid, acq.Key, acq.Token, edgeTTL)
+				r.tallyEdge("renewal at the lease's end", rn)
+				if rn.Outcome == OK {
+					for r.rec.now() < rn.Return+contendFor {
+						a := r.acquire(contender, cid, acq.Key, edgeTTL, 0)
+						if a.Outcome == OK {
+							r.tallyEdge("contender acquired after an acknowledged renewal", a)
+							r.release(contender, cid, acq.Key, a.Token)
+							break
+						}
+						time.Sleep(15 * time.Millisecond)
+					}
+				}
+				r.release(holder, hid, acq.Key, acq.Token)
+			})
+		}
+		wg.Wait()
+		if ctx.Err() == nil {
+			r.sleepUntil(ctx, r.rec.now()+100*time.Millisecond)
+		}
 	}
 }
 

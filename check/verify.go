@@ -453,16 +453,21 @@ func checkLockOverlap(ops []Op) []Violation {
 	return vs
 }
 
+// overlap returns the longest overlap of two holders' spans, so that a
+// report names the renewal that was broken rather than a sliver of
+// another span.
 func overlap(a, b [][2]time.Duration) ([2]time.Duration, bool) {
+	var best [2]time.Duration
+	found := false
 	for _, x := range a {
 		for _, y := range b {
 			lo, hi := max(x[0], y[0]), min(x[1], y[1])
-			if lo < hi {
-				return [2]time.Duration{lo, hi}, true
+			if lo < hi && (!found || hi-lo > best[1]-best[0]) {
+				best, found = [2]time.Duration{lo, hi}, true
 			}
 		}
 	}
-	return [2]time.Duration{}, false
+	return best, found
 }
 
 // checkTokens checks that every acquire of a name returned a token greater

@@ -14,15 +14,19 @@ import (
 )
 
 func checkCmd(ctx context.Context, args []string) error {
-	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process]
+	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process] [--edges LIST]
 
 Drives concurrent traffic (gets of both consistencies, puts, CAS puts,
 deletes, scans, lock sessions with fenced writes) against the deployment at
 --server, records every operation, and checks linearizability (porcupine),
 stale reads, scans, lock safety, fencing and durability. With --in-process it
 starts its own 3-node NATS cluster and the services instead, and injects
-faults on a schedule reproducible with --seed. Progress goes to stderr, the
-summary to stdout; the exit code is 1 when a violation was found.
+faults on a schedule reproducible with --seed. --edges adds workloads aimed
+at TTL instants and fence bounds (ttl: writes at the instant a key's TTL
+runs out; renew: renewals at a lease's end with a contender right after;
+fence-ttl: fences next to TTLs; fences: keys fenced by many locks; or all).
+Progress goes to stderr, the summary to stdout; the exit code is 1 when a
+violation was found.
 See docs/CORRECTNESS.md.`)
 	duration := fs.Duration("duration", 30*time.Second, "how long to drive traffic")
 	clients := fs.Int("clients", 8, "concurrent clients")
@@ -36,6 +40,8 @@ See docs/CORRECTNESS.md.`)
 	opTimeout := fs.Duration("op-timeout", 2*time.Second, "timeout of one request; past it the outcome is unknown")
 	namespace := fs.String("namespace", "", `prefix of the keys and lock names used (default "latchkey-check/<seed>/")`)
 	out := fs.String("out", os.TempDir(), "directory for porcupine's visualisation on a violation")
+	edgesFlag := fs.String("edges", "", "edge workloads, comma-separated: ttl, renew, fence-ttl, fences, or all")
+	edgeKeys := fs.Int("edge-keys", 24, "keys and locks each edge burst aims at at once")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -46,7 +52,13 @@ See docs/CORRECTNESS.md.`)
 	if *duration <= 0 || *clients < 1 || *keys < 1 || *locks < 1 {
 		return usagef("--duration, --clients, --keys and --locks must be positive")
 	}
+	edges, err := check.ParseEdges(*edgesFlag)
+	if err != nil {
+		return usagef("--edges: %v", err)
+	}
+	edges.Keys = *edgeKeys
 	cfg := check.Config{
+		Edges:    edges,
 		Duration: *duration, Clients: *clients, Keys: *keys, Locks: *locks, Seed: *seed,
 		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
 		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out,
