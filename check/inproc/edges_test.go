@@ -62,7 +62,7 @@ func TestEdgeCheckerFindsPlantedBugs(t *testing.T) {
 	}{
 		{"no plant", inproc.Options{}, check.AllEdges(), nil},
 		{"storage NoTTLGuard", inproc.Options{StorageUnsafe: storage.Unsafe{NoTTLGuard: true}},
-			check.Edges{TTLWrites: true, Keys: 48}, []string{check.CheckDurability, check.CheckLinearizable}},
+			check.Edges{TTLWrites: true, Keys: 96}, []string{check.CheckDurability, check.CheckLinearizable}},
 		{"locker NoRenewGuard", inproc.Options{LockerUnsafe: locker.Unsafe{NoRenewGuard: true}},
 			check.Edges{Renewals: true, Keys: 64}, []string{check.CheckLockOverlap}},
 		{"storage AllowFencedTTL", inproc.Options{StorageUnsafe: storage.Unsafe{AllowFencedTTL: true}},
