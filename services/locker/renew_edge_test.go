@@ -1,0 +1,184 @@
+package locker_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/services/locker"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// renewRace is the outcome of one raceRenewals run.
+type renewRace struct {
+	attempts, acked, tooLate, atEdge, doubles int
+}
+
+// raceRenewals renews 1 s leases at the instant the server expires them,
+// on a 3-node cluster, and after every acknowledged renewal has a second
+// client try to acquire the lock. The aim is the one of the storage TTL
+// test: a pilot lock reveals the server's expiry pass, the batch, acquired
+// 5 ms later, is expired together in the next pass 250 ms after, and the
+// renewals are sent within a few milliseconds of it. A few renewals go
+// out a little earlier, just outside the guard, so acknowledged renewals
+// close to the edge are tested too.
+func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, round int) renewRace {
+	t.Helper()
+	nc := natstest.Connect(t, c.URLs())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg.Logger = quiet
+	s, err := locker.Start(ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(context.Background())
+	js, _ := jetstream.New(nc)
+	w := natstest.WatchExpiries(t, js, "KV_"+set.LockBucket())
+
+	conns := make([]*nats.Conn, 8)
+	for i := range conns {
+		conns[i] = natstest.Connect(t, c.URLs())
+	}
+	name := func(i int) string { return fmt.Sprintf("r%d-lock%04d", round, i) }
+	client := func(i int) lk { return lk{t: t, nc: conns[i%len(conns)]} }
+
+	pilot := fmt.Sprintf("r%d-pilot", round)
+	// A bucket created a moment ago may not have elected its leader yet.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := (lk{t: t, nc: nc}).acquire(pilot, "pilot", 1000, 0); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("acquire %s: %v", pilot, err)
+		}
+	}
+	time.Sleep(5 * time.Millisecond)
+	tokens := make([]uint64, locks)
+	var wg sync.WaitGroup
+	for g := range 2 * len(conns) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < locks; i += 2 * len(conns) {
+				tokens[i] = client(g).mustAcquire(name(i), "first", 1000)
+			}
+		}()
+	}
+	wg.Wait()
+	expiry := make([]time.Time, locks)
+	for i, tok := range tokens {
+		expiry[i] = w.StoredAt(t, tok).Add(time.Second)
+	}
+	var (
+		mu   sync.Mutex
+		res  renewRace
+		next time.Time // the aimed-at pass, known once the pilot expired
+		aim  = make(chan struct{})
+	)
+	renewAt := func(i int, at time.Time) {
+		defer wg.Done()
+		time.Sleep(time.Until(at))
+		sent := time.Now()
+		resp, err := client(i).renew(name(i), tokens[i], 0)
+		<-aim
+		mu.Lock()
+		res.attempts++
+		if natstest.AbsDur(sent.Sub(expiry[i])) <= 50*time.Millisecond || natstest.AbsDur(sent.Sub(next)) <= 50*time.Millisecond {
+			res.atEdge++
+		}
+		switch {
+		case err == nil:
+			res.acked++
+		case reason(err) == "renew_too_late" || reason(err) == "not_held":
+			res.tooLate++
+		default:
+			t.Errorf("renew %s: %v", name(i), err)
+		}
+		mu.Unlock()
+		if err != nil {
+			return
+		}
+		// The renewed lease holds until sent + its ttl: nobody else may
+		// acquire before then, pass or no pass.
+		holdsUntil := sent.Add(time.Duration(resp.TtlMs) * time.Millisecond)
+		for _, d := range []time.Duration{0, 50 * time.Millisecond, 2 * natstest.ExpiryPass} {
+			time.Sleep(time.Until(next.Add(d)))
+			if r, err := client(i+1).acquire(name(i), "second", 1000, 0); err == nil && time.Now().Before(holdsUntil) {
+				mu.Lock()
+				res.doubles++
+				first := res.doubles <= 3
+				mu.Unlock()
+				if first {
+					t.Logf("%s: renewal sent %v after the pass was acknowledged, yet a second client acquired it (token %d)",
+						name(i), sent.Sub(next), r.Token)
+				}
+				return
+			}
+		}
+	}
+	// Every tenth lock is renewed just outside the guard: acknowledged,
+	// close to the edge.
+	for i := 0; i < locks; i += 10 {
+		wg.Add(1)
+		go renewAt(i, expiry[i].Add(-locker.DefaultRenewGuard-20*time.Millisecond))
+	}
+	next = w.AwaitMarker(t, jskv.EncodeKey(pilot)).Add(natstest.ExpiryPass)
+	close(aim)
+	for i := range locks {
+		if i%10 != 0 && expiry[i].Before(next) {
+			wg.Add(1)
+			go renewAt(i, next.Add(time.Duration(i%90-80)*250*time.Microsecond)) // -20 ms .. +2.5 ms: a renewal reads first
+		}
+	}
+	wg.Wait()
+	return res
+}
+
+// TestNoSecondHolderAfterAckedRenewal races renewals against the server's
+// expiry of the leases they renew. A renewal inside the guard is refused
+// (renew_too_late); one that is acknowledged holds: no second client
+// acquires the lock before the renewed lease ends.
+func TestNoSecondHolderAfterAckedRenewal(t *testing.T) {
+	c := natstest.NewCluster(t)
+	// Rounds run until 200 renewals were sent at the edge.
+	var total renewRace
+	for round := 0; round < 10 && total.atEdge < 200; round++ {
+		r := raceRenewals(t, c, locker.Config{Replicas: 3}, 100, round)
+		t.Logf("guard on, round %d: %+v", round, r)
+		total.attempts += r.attempts
+		total.acked += r.acked
+		total.tooLate += r.tooLate
+		total.atEdge += r.atEdge
+		total.doubles += r.doubles
+	}
+	if total.doubles > 0 {
+		t.Errorf("%d acknowledged renewals were followed by a second holder", total.doubles)
+	}
+	if total.atEdge < 200 {
+		t.Errorf("only %d renewals were sent within 50 ms of an expiry; the test did not reach the edge", total.atEdge)
+	}
+	if total.acked == 0 || total.tooLate == 0 {
+		t.Errorf("want both acknowledged and too-late renewals near the edge, got %+v", total)
+	}
+}
+
+// TestRenewRaceDoubleHoldsWithoutGuard is the same race with the guard
+// switched off: a second holder must appear, or the test above proves
+// nothing.
+func TestRenewRaceDoubleHoldsWithoutGuard(t *testing.T) {
+	c := natstest.NewCluster(t)
+	doubles := 0
+	for round := 0; round < 10 && doubles == 0; round++ {
+		r := raceRenewals(t, c, locker.Config{Replicas: 3, Unsafe: locker.Unsafe{NoRenewGuard: true}}, 100, round)
+		t.Logf("guard off, round %d: %+v", round, r)
+		doubles += r.doubles
+	}
+	if doubles == 0 {
+		t.Fatal("without the guard no acknowledged renewal was followed by a second holder: the race does not reach the server's expiry window")
+	}
+}
