@@ -29,7 +29,11 @@ type waiter struct {
 }
 
 // join appends a new waiter to name's queue, creating the queue and its
-// watch if this is the first waiter.
+// watch if this is the first waiter. It never blocks: setting up a watch
+// can take as long as JetStream's API timeout, longer than a caller may
+// wait. Until the watch is up, waiters re-read on their timers; once it
+// is, the head is woken to re-read, so a release that happened before the
+// watch could see it is not missed.
 func (s *Server) join(name string) (*waitQueue, *waiter) {
 	w := &waiter{wake: make(chan uint64, 1)}
 	s.mu.Lock()
@@ -41,12 +45,11 @@ func (s *Server) join(name string) (*waitQueue, *waiter) {
 	q.waiters = append(q.waiters, w)
 	s.mu.Unlock()
 	if !ok {
-		// The watch starts before the first attempt, so a release between
-		// that attempt and the wait is seen.
-		q.stop = s.watch(q)
-		close(q.ready)
-	} else {
-		<-q.ready
+		go func() {
+			q.stop = s.watch(q)
+			close(q.ready)
+			s.wakeHead(q, 0)
+		}()
 	}
 	return q, w
 }
@@ -72,7 +75,14 @@ func (s *Server) leave(q *waitQueue, w *waiter) {
 	}
 	s.mu.Unlock()
 	if empty {
-		q.stop()
+		// The watch may still be being set up; end it once it is, without
+		// holding up this waiter's reply.
+		select {
+		case <-q.ready:
+			q.stop()
+		default:
+			go func() { <-q.ready; q.stop() }()
+		}
 	}
 }
 
@@ -141,6 +151,12 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 	if dl, ok := ctx.Deadline(); ok && dl.Add(-replyMargin).Before(deadline) {
 		deadline = dl.Add(-replyMargin)
 	}
+	// Every step below, JetStream calls included, ends by deadline, so the
+	// caller hears the outcome (409, or 503 when JetStream is slow) before
+	// it stops listening.
+	parent := ctx
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	markWaited(ctx)
 	waiters.Inc()
 	defer waiters.Dec()
@@ -178,13 +194,7 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 			}
 		}
 		if !time.Now().Before(deadline) {
-			if errors.Is(lastErr, apierr.ErrUnavailable) {
-				return nil, lastErr
-			}
-			if last.held {
-				return nil, heldError(in.Name, last)
-			}
-			return nil, apierr.Conflict("lock_held", "lock %q was not free within wait_ms %d", in.Name, in.WaitMs)
+			return nil, waitExpired(in, last, lastErr)
 		}
 		// Go 1.23+ timers: Reset discards a pending expiry, no drain needed.
 		timer.Reset(max(time.Until(next), 0))
@@ -195,7 +205,25 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 		case <-s.ctx.Done():
 			return nil, apierr.Unavailable("shutting_down", "locker is stopping; retry the acquire")
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			if parent.Err() != nil {
+				return nil, parent.Err()
+			}
+		}
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			// Our own deadline: no time is left for an attempt to finish.
+			return nil, waitExpired(in, last, lastErr)
 		}
 	}
+}
+
+// waitExpired is the answer of a wait that ran out: what the last attempt
+// saw (a 503 if JetStream failed it), else a 409.
+func waitExpired(in *pb.AcquireRequest, last lease, lastErr error) error {
+	if errors.Is(lastErr, apierr.ErrUnavailable) {
+		return lastErr
+	}
+	if last.held {
+		return heldError(in.Name, last)
+	}
+	return apierr.Conflict("lock_held", "lock %q was not free within wait_ms %d", in.Name, in.WaitMs)
 }
