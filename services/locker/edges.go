@@ -106,13 +106,28 @@ func (s *Server) confirmRenewal(ctx context.Context, name string, token, seq uin
 // with a barrier a quorum commits, conditioned on the sequence read: a
 // leader cut off from its quorum keeps answering reads for seconds, but
 // cannot commit the barrier, so its answer is never returned (503).
+//
+// A confirmation refused although the key did not move means another
+// conditional write on the key is still in flight: nats-server refuses
+// conditional writes on a subject while one is pending. That is retried
+// after a short pause and, if it lasts, answered 503 (a leader without a
+// quorum leaves its pending write hanging), never 409.
 func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) {
 	subject := s.subj + jskv.EncodeKey(name)
-	for range confirmAttempts {
+	var last uint64
+	for attempt := range confirmAttempts {
 		l, err := s.read(ctx, name)
 		if err != nil {
 			return lease{}, err
 		}
+		if attempt > 0 && l.seq == last {
+			select {
+			case <-ctx.Done():
+				return lease{}, apierr.Unavailable("no_quorum", "lock %q: the read could not be confirmed by a quorum in time; retry", name)
+			case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
+			}
+		}
+		last = l.seq
 		cctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, s.stream)
 		_, err = jskv.ConfirmLast(cctx, s.js, s.barrier, subject, l.seq)
 		telemetry.End(span, 0, err)
@@ -123,5 +138,6 @@ func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) 
 			return lease{}, err
 		}
 	}
-	return lease{}, lostRaceError(name)
+	return lease{}, apierr.Unavailable("no_quorum",
+		"lock %q: %d reads in a row could not be confirmed by a quorum (the lock kept changing, or its stream leader is cut off); retry", name, confirmAttempts)
 }
