@@ -622,6 +622,9 @@ func unavailable(shardID, what string, err error) error {
 	if errors.As(err, &ae) {
 		return ae
 	}
+	if e := jskv.TooLargeError("shard "+shardID+": "+what, err); e != nil {
+		return e
+	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
 		return apierr.Unavailable("timeout", "shard %s: %s timed out: JetStream did not answer in time", shardID, what)
 	}

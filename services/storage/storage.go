@@ -79,6 +79,9 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	if cfg.MaxValueBytes <= 0 {
 		cfg.MaxValueBytes = limits.DefaultMaxValue
 	}
+	if err := limits.CheckMaxValue(cfg.MaxValueBytes, nc.MaxPayload()); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	if len(cfg.Shards) == 0 {
 		return nil, fmt.Errorf("%w: no shards to serve", ErrConfig)
 	}
