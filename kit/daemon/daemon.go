@@ -30,6 +30,7 @@ type Common struct {
 	MetricsAddr string
 	LogLevel    string
 	LogFormat   string
+	Auth        Auth
 }
 
 // Flags registers the common flags on fs.
@@ -40,6 +41,7 @@ func Flags(fs *flag.FlagSet) *Common {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", Env("LATCHKEY_METRICS_ADDR", ""), "serve Prometheus metrics on this address, e.g. :9090; empty serves none (LATCHKEY_METRICS_ADDR)")
 	fs.StringVar(&c.LogLevel, "log-level", Env("LATCHKEY_LOG_LEVEL", "info"), "debug, info, warn or error (LATCHKEY_LOG_LEVEL)")
 	fs.StringVar(&c.LogFormat, "log-format", Env("LATCHKEY_LOG_FORMAT", "text"), "text or json (LATCHKEY_LOG_FORMAT)")
+	c.Auth.flags(fs)
 	return c
 }
 
@@ -95,7 +97,19 @@ type StartFunc func(ctx context.Context, nc *nats.Conn, log *slog.Logger) (Stopp
 // (if not nil) refuse bad flags before anything connects, runs the service
 // started by start until SIGINT or SIGTERM, stops it gracefully and exits
 // non-zero on failure.
+//
+// Two subcommands come first when given: "healthcheck" (see Healthcheck)
+// and "secrets" (see Secrets), so scratch images need no shell for them.
 func Main(name string, fs *flag.FlagSet, c *Common, args []string, check func() error, start StartFunc) {
+	if len(args) > 0 {
+		switch args[0] {
+		case "healthcheck":
+			_ = fs.Parse(args[1:])
+			os.Exit(Healthcheck(name, c))
+		case "secrets":
+			os.Exit(Secrets(args[1:], os.Stdout, os.Stderr))
+		}
+	}
 	_ = fs.Parse(args)
 	log, err := Logger(c.LogLevel, c.LogFormat)
 	if err == nil && check != nil {
@@ -161,7 +175,7 @@ func run(name string, c *Common, log *slog.Logger, start StartFunc) error {
 		log.Info("serving Prometheus metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 
-	nc, err := Connect(c.URL, name, log)
+	nc, err := Connect(c.URL, name, log, c.Auth.Options()...)
 	if err != nil {
 		return err
 	}
@@ -185,9 +199,10 @@ func run(name string, c *Common, log *slog.Logger, start StartFunc) error {
 }
 
 // Connect dials NATS with unlimited reconnects and logs every change of
-// connection state, so an operator sees why requests fail.
-func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false),
+// connection state, so an operator sees why requests fail. extra (e.g.
+// Auth.Options) is applied last.
+func Connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
@@ -196,7 +211,8 @@ func Connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
 				subj = s.Subject
 			}
 			log.Error("NATS async error", "subject", subj, "err", err)
-		}))
+		})}
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
 	}

@@ -15,6 +15,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -113,11 +115,19 @@ func Start(nc *nats.Conn, cfg Config, endpoints ...Endpoint) (*Service, error) {
 	// The service's name travels in every request context, so spans (its
 	// own and those of calls it makes) are reported as this service.
 	s.ctx, s.cancel = context.WithCancel(telemetry.WithService(context.Background(), cfg.Name))
+	// "host" names the instance's machine (a container's hostname), so a
+	// healthcheck in the same container can tell its own ping answer from
+	// those of the other instances (kit/daemon.Healthcheck).
+	md := map[string]string{}
+	if host, err := os.Hostname(); err == nil {
+		md["host"] = host
+	}
+	maps.Copy(md, cfg.Metadata)
 	svc, err := micro.AddService(nc, micro.Config{
 		Name:         cfg.Name,
 		Version:      cfg.Version,
 		Description:  cfg.Description,
-		Metadata:     cfg.Metadata,
+		Metadata:     md,
 		StatsHandler: s.statsData,
 		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
 			cfg.Logger.Error("service subscription error", "subject", e.Subject, "err", e.Description)
