@@ -15,6 +15,10 @@ type Fault struct {
 	Kind string
 	// Target picks the instance, node or shard the fault applies to.
 	Target int
+	// MinHold and MaxHold bound how long the schedule holds the fault;
+	// zero means the default 1.5-3s. A pause must outlast an election
+	// (2-15s) to show what a frozen process does.
+	MinHold, MaxHold time.Duration
 }
 
 func (f Fault) String() string { return fmt.Sprintf("%s %d", f.Kind, f.Target) }
@@ -85,7 +89,17 @@ func NewSchedule(seed uint64, duration time.Duration, faults []Fault) Schedule {
 			return s
 		}
 		choice := byKind[bag[0]]
-		s.Events = append(s.Events, Event{At: at, Hold: hold, Fault: choice[rng.IntN(len(choice))]})
+		f := choice[rng.IntN(len(choice))]
+		if f.MaxHold > f.MinHold {
+			// Drawn only for faults that set a range, so the schedules
+			// of seeds without such faults stay as they were.
+			hold = f.MinHold + time.Duration(rng.Int64N(int64(f.MaxHold-f.MinHold)))
+			hold = hold.Truncate(100 * time.Millisecond)
+			if at+hold > end {
+				return s
+			}
+		}
+		s.Events = append(s.Events, Event{At: at, Hold: hold, Fault: f})
 		bag = bag[1:]
 		at += hold + between()
 	}
