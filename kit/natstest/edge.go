@@ -3,6 +3,7 @@ package natstest
 import (
 	"fmt"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -115,4 +116,32 @@ func ReadAtEdge(deadline time.Time, claims func() bool, read func() (Verdict, st
 	}
 	e.Elapsed = time.Since(start)
 	return e
+}
+
+// Require fails t unless every read of what (e.g. "kv.get") through the
+// isolated node was fresh or a 503, and at least one began while node
+// still claimed leadership. wait and deadline are the reply wait and the
+// service deadline the reads used, for the message about a hang.
+func (e EdgeReads) Require(t testing.TB, what, node string, wait, deadline time.Duration) {
+	t.Helper()
+	for _, s := range e.StaleAnswers {
+		t.Errorf("%s through the isolated old leader answered stale: %s", what, s)
+	}
+	if n := e.Counts[Stale]; n > 0 {
+		t.Errorf("%s: %d of %d reads through the isolated old leader missed a write acknowledged before they began", what, n, e.Total)
+	}
+	for _, s := range e.ErrorAnswers {
+		t.Errorf("%s through the isolated old leader answered an error other than 503: %s", what, s)
+	}
+	if n := e.Counts[Erred]; n > 0 {
+		// docs/API.md: a read that cannot have a quorum in time is a 503.
+		t.Errorf("%s: %d of %d reads through the isolated old leader answered an error other than 503", what, n, e.Total)
+	}
+	if n := e.Counts[TimedOut]; n > 0 {
+		// docs/API.md: never a hang; a read without a quorum is a 503.
+		t.Errorf("%s: %d of %d reads through the isolated old leader got no reply within %s of a %s deadline", what, n, e.Total, wait, deadline)
+	}
+	if e.AtEdge == 0 {
+		t.Errorf("%s: no read began while %s still claimed leadership; the test did not reach the edge", what, node)
+	}
 }

@@ -132,26 +132,7 @@ func TestIsolatedLeaderLockGet(t *testing.T) {
 		// Without the hazard a pass proves nothing about the locker.
 		t.Errorf("the isolated server never answered a raw STREAM.MSG.GET with alice's record after bob acquired: the edge was not reproduced")
 	}
-	for _, s := range gets.StaleAnswers {
-		t.Errorf("lock.get through the isolated old leader answered stale: %s", s)
-	}
-	if n := gets.Counts[natstest.Stale]; n > 0 {
-		t.Errorf("lock.get: %d of %d reads through the isolated old leader missed bob's acquire (T2), acknowledged before they began", n, gets.Total)
-	}
-	for _, s := range gets.ErrorAnswers {
-		t.Errorf("lock.get through the isolated old leader answered an error other than 503: %s", s)
-	}
-	if n := gets.Counts[natstest.Erred]; n > 0 {
-		// docs/API.md: a read that cannot have a quorum in time is a 503.
-		t.Errorf("lock.get: %d of %d reads through the isolated old leader answered an error other than 503", n, gets.Total)
-	}
-	if n := gets.Counts[natstest.TimedOut]; n > 0 {
-		// docs/API.md: never a hang; a read without a quorum is a 503.
-		t.Errorf("lock.get: %d of %d reads through the isolated old leader got no reply within %s of a %s deadline", n, gets.Total, edgeWait, edgeDeadline)
-	}
-	if gets.AtEdge == 0 {
-		t.Errorf("lock.get: no read began while n%d still claimed leadership; the test did not reach the edge", old)
-	}
+	gets.Require(t, "lock.get", fmt.Sprintf("n%d", old), edgeWait, edgeDeadline)
 }
 
 const (

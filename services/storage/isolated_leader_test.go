@@ -152,31 +152,8 @@ func TestIsolatedLeaderLinearizableReads(t *testing.T) {
 		// Without the hazard a pass proves nothing about the storage.
 		t.Errorf("the isolated server never answered a raw STREAM.MSG.GET with v1 after v2 was acknowledged: the edge was not reproduced")
 	}
-	for _, r := range []struct {
-		what string
-		e    natstest.EdgeReads
-	}{{"kv.get", gets}, {"kv.scan", scans}} {
-		for _, s := range r.e.StaleAnswers {
-			t.Errorf("%s through the isolated old leader answered stale: %s", r.what, s)
-		}
-		if n := r.e.Counts[natstest.Stale]; n > 0 {
-			t.Errorf("%s: %d of %d reads through the isolated old leader missed v2, acknowledged before they began", r.what, n, r.e.Total)
-		}
-		for _, s := range r.e.ErrorAnswers {
-			t.Errorf("%s through the isolated old leader answered an error other than 503: %s", r.what, s)
-		}
-		if n := r.e.Counts[natstest.Erred]; n > 0 {
-			// docs/API.md: a read that cannot have a quorum in time is a 503.
-			t.Errorf("%s: %d of %d reads through the isolated old leader answered an error other than 503", r.what, n, r.e.Total)
-		}
-		if n := r.e.Counts[natstest.TimedOut]; n > 0 {
-			// docs/API.md: never a hang; a read without a quorum is a 503.
-			t.Errorf("%s: %d of %d reads through the isolated old leader got no reply within %s of a %s deadline", r.what, n, r.e.Total, edgeWait, edgeDeadline)
-		}
-		if r.e.AtEdge == 0 {
-			t.Errorf("%s: no read began while n%d still claimed leadership; the test did not reach the edge", r.what, old)
-		}
-	}
+	gets.Require(t, "kv.get", fmt.Sprintf("n%d", old), edgeWait, edgeDeadline)
+	scans.Require(t, "kv.scan", fmt.Sprintf("n%d", old), edgeWait, edgeDeadline)
 }
 
 // getVerdict sends one linearizable get through nc and judges the answer.
