@@ -28,13 +28,23 @@ const (
 
 // global holds the flags every command accepts.
 var global = struct {
-	server  string
-	prefix  string
-	timeout time.Duration
+	server      string
+	prefix      string
+	timeout     time.Duration
+	user        string
+	password    string
+	creds       string
+	ca          string
+	inboxPrefix string
 }{
-	server:  envOr("NATS_URL", defaultServer),
-	prefix:  envOr("LATCHKEY_PREFIX", "latchkey"),
-	timeout: 5 * time.Second,
+	server:      envOr("NATS_URL", defaultServer),
+	prefix:      envOr("LATCHKEY_PREFIX", "latchkey"),
+	timeout:     5 * time.Second,
+	user:        os.Getenv("NATS_USER"),
+	password:    os.Getenv("NATS_PASSWORD"),
+	creds:       os.Getenv("NATS_CREDS"),
+	ca:          os.Getenv("NATS_CA"),
+	inboxPrefix: os.Getenv("LATCHKEY_INBOX_PREFIX"),
 }
 
 func envOr(name, def string) string {
@@ -67,6 +77,11 @@ func newFlags(name, synopsis string) *flag.FlagSet {
 	fs.StringVar(&global.server, "server", global.server, "NATS server URL(s), comma separated ($NATS_URL)")
 	fs.StringVar(&global.prefix, "prefix", global.prefix, "subject prefix of the deployment ($LATCHKEY_PREFIX)")
 	fs.DurationVar(&global.timeout, "timeout", global.timeout, "how long one request may take")
+	fs.StringVar(&global.user, "user", global.user, "NATS user; a user:password@ in the URL works too ($NATS_USER)")
+	fs.StringVar(&global.password, "password", global.password, "NATS password ($NATS_PASSWORD)")
+	fs.StringVar(&global.creds, "creds", global.creds, "NATS credentials file ($NATS_CREDS)")
+	fs.StringVar(&global.ca, "tls-ca", global.ca, "PEM file of the CA that signed the server's certificate, for tls:// URLs ($NATS_CA)")
+	fs.StringVar(&global.inboxPrefix, "inbox-prefix", global.inboxPrefix, "reply inbox prefix, e.g. _INBOX.client where the user may subscribe only there ($LATCHKEY_INBOX_PREFIX)")
 	if synopsis != "" {
 		fs.Usage = func() {
 			fmt.Fprintf(fs.Output(), "Usage: latchkey %s\n\nFlags:\n", synopsis)
@@ -114,16 +129,32 @@ func wantArgs(fs *flag.FlagSet, pos []string, names ...string) error {
 // dial connects to the deployment named by the global flags. The returned
 // function closes the connection.
 func dial(ctx context.Context) (*client.Client, func(), error) {
-	nc, err := nats.Connect(global.server,
-		nats.Name("latchkey-cli"),
-		nats.Timeout(global.timeout),
-		nats.MaxReconnects(0),
-	)
+	nc, err := nats.Connect(global.server, connectOptions("latchkey-cli", nats.MaxReconnects(0))...)
 	if err != nil {
 		return nil, nil, &unreachableError{server: global.server, err: err}
 	}
 	c := client.New(nc, client.WithPrefix(global.prefix), client.WithTimeout(global.timeout))
 	return c, nc.Close, nil
+}
+
+// connectOptions are the options of every connection the CLI makes: its
+// name, the request timeout, the credentials, TLS roots and inbox prefix
+// of the global flags, then extra.
+func connectOptions(name string, extra ...nats.Option) []nats.Option {
+	opts := []nats.Option{nats.Name(name), nats.Timeout(global.timeout)}
+	if global.user != "" {
+		opts = append(opts, nats.UserInfo(global.user, global.password))
+	}
+	if global.creds != "" {
+		opts = append(opts, nats.UserCredentials(global.creds))
+	}
+	if global.ca != "" {
+		opts = append(opts, nats.RootCAs(global.ca))
+	}
+	if global.inboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(global.inboxPrefix))
+	}
+	return append(opts, extra...)
 }
 
 // unreachableError means NATS itself could not be reached (exit code 5).

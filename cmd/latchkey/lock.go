@@ -219,7 +219,7 @@ func lockRunCmd(ctx context.Context, args []string) error {
 	}
 	name, argv := pos[0], pos[1:]
 	// A long-lived connection: keep-alive must survive a NATS reconnect.
-	nc, err := nats.Connect(global.server, nats.Name("latchkey-cli-lock-run"), nats.Timeout(global.timeout), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(global.server, connectOptions("latchkey-cli-lock-run", nats.MaxReconnects(-1))...)
 	if err != nil {
 		return &unreachableError{server: global.server, err: err}
 	}
