@@ -73,6 +73,18 @@ type Config struct {
 	// OutDir is where porcupine's visualisation goes on a violation;
 	// default os.TempDir().
 	OutDir string
+	// Unsafe plants a bug in the checker's own harness, for the
+	// self-test of faults the services' Unsafe switches cannot reach.
+	Unsafe Unsafe
+}
+
+// Unsafe holds the harness plants. Only self-tests set them.
+type Unsafe struct {
+	// Get, if set, answers the linearizable gets of the workload's
+	// client 0 in place of the service: e.g. a raw leader read
+	// ($JS.API.STREAM.MSG.GET) from a node cut off from its quorum, the
+	// stale read the services' quorum confirmation prevents.
+	Get func(ctx context.Context, key string) (value string, rev uint64, found bool, err error)
 }
 
 func (c *Config) defaults() {
@@ -345,6 +357,17 @@ func (r *run) get(c *client.Client, id int, key string, kind Kind) Op {
 	}
 	ctx, cancel := r.opCtx()
 	defer cancel()
+	if kind == KindGet && id == 0 && r.cfg.Unsafe.Get != nil {
+		op.Call = r.rec.now()
+		v, rev, found, err := r.cfg.Unsafe.Get(ctx, key)
+		op.Return = r.rec.now()
+		op.Found, op.Result, op.Rev = found, v, rev
+		if err != nil {
+			op.Outcome, op.Reason = Unknown, err.Error()
+		}
+		r.record(op)
+		return op
+	}
 	op.Call = r.rec.now()
 	e, err := c.Get(ctx, key, opts...)
 	op.Return = r.rec.now()

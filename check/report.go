@@ -38,6 +38,8 @@ type Report struct {
 	// line each (how many writes landed at a TTL instant, how many
 	// renewals were acknowledged at a lease's end, which refusals came).
 	Edges []string
+	// ByFaultKind holds the availability figures of each fault kind.
+	ByFaultKind []*KindFigures
 }
 
 // Tally counts operations by outcome.
@@ -171,6 +173,7 @@ func (rep *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "  %6.1fs-%6.1fs %-24s %s\n", f.Injected.Seconds(), f.Healed.Seconds(), f.Fault, status)
 		}
 	}
+	rep.printKinds(w)
 	if len(rep.Edges) > 0 {
 		fmt.Fprintf(w, "\nedge workloads:\n")
 		for _, l := range rep.Edges {

@@ -63,6 +63,7 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 	rep.Violations = append(rep.Violations, checkFenceRules(ops)...)
 	rep.Violations = append(rep.Violations, checkWritable(ops)...)
 	rep.CheckTime = time.Since(began)
+	rep.ByFaultKind = byFaultKind(ops, faults, trafficEnd, rep.Violations)
 	return rep
 }
 
@@ -171,6 +172,8 @@ func (r *run) checkLinearizable(ops []Op, rep *Report) {
 		return
 	case porcupine.Unknown:
 		rep.Linearizable = fmt.Sprintf("inconclusive: porcupine gave up after %s (%d operations)", r.cfg.CheckTimeout, len(h))
+		// A check that could not decide proved nothing: a failure, not a pass.
+		rep.Violations = append(rep.Violations, Violation{CheckLinearizable, rep.Linearizable})
 		return
 	}
 	rep.Linearizable = fmt.Sprintf("NOT linearizable (%d operations)", len(h))

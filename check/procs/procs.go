@@ -34,7 +34,10 @@ import (
 
 	"github.com/latchkey/latchkey/check"
 	"github.com/latchkey/latchkey/client"
+	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/services/locker"
+	"github.com/latchkey/latchkey/services/router/consistenthash"
 	"github.com/nats-io/nats.go"
 )
 
@@ -66,6 +69,11 @@ type Options struct {
 	Log io.Writer
 	// Faults restricts Faults() to these kinds; empty = all.
 	Faults []string
+	// LockerUnsafe, when any switch is on, runs the locker inside this
+	// process (the real locker package, on a connection through the
+	// client proxies) with those safety checks off, because the binary
+	// has no such switches: only the self-test sets it.
+	LockerUnsafe locker.Unsafe
 }
 
 const nodes = 3
@@ -88,6 +96,8 @@ type Deployment struct {
 	aimed   map[check.Fault]int // node a leader fault chose
 	clients []*nats.Conn
 	direct  [nodes]*nats.Conn // straight to each server, for planted reads
+	planted *locker.Server    // the in-process locker of Options.LockerUnsafe
+	plantNC *nats.Conn
 }
 
 // Start builds (or finds) the binaries, starts the cluster and the
@@ -187,12 +197,30 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 			append(append([]string(nil), common...), "--shards", strings.Join(shardIDs, ","), "--replicas", "3"), true))
 	}
 	d.svcs["router"] = []*proc{d.newProc("router-0", d.bins["router"], append(append([]string(nil), common...), "--shards", fmt.Sprint(o.Shards), "--replicas", "3"), true)}
-	d.svcs["locker"] = []*proc{d.newProc("locker-0", d.bins["locker"], append(append([]string(nil), common...), "--replicas", "3"), true)}
+	if o.LockerUnsafe == (locker.Unsafe{}) {
+		d.svcs["locker"] = []*proc{d.newProc("locker-0", d.bins["locker"], append(append([]string(nil), common...), "--replicas", "3"), true)}
+	}
 	for _, kind := range []string{"storage", "router", "locker"} {
 		for _, p := range d.svcs[kind] {
 			if err := p.start(); err != nil {
 				return nil, err
 			}
+		}
+	}
+	if o.LockerUnsafe != (locker.Unsafe{}) {
+		fmt.Fprintf(o.Log, "PLANTED: the locker runs in this process with %+v\n", o.LockerUnsafe)
+		if d.plantNC, err = nats.Connect(urls, nats.IgnoreDiscoveredServers(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond)); err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if d.planted, err = locker.Start(ctx, d.plantNC, locker.Config{Prefix: o.Prefix, Replicas: 3, Unsafe: o.LockerUnsafe}); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("planted locker: %w", err)
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
 	}
 	if err := d.waitServices(ctx, 90*time.Second); err != nil {
@@ -285,7 +313,10 @@ func (d *Deployment) Faults() []check.Fault {
 	for i := range d.svcs["storage"] {
 		fs = append(fs, check.Fault{Kind: KillStorage, Target: i}, pause(check.Fault{Kind: PauseStorage, Target: i}))
 	}
-	fs = append(fs, check.Fault{Kind: KillRouter}, check.Fault{Kind: KillLocker}, check.Fault{Kind: KillAllNodes})
+	fs = append(fs, check.Fault{Kind: KillRouter}, check.Fault{Kind: KillAllNodes})
+	if len(d.svcs["locker"]) > 0 {
+		fs = append(fs, check.Fault{Kind: KillLocker})
+	}
 	if len(d.o.Faults) == 0 {
 		return fs
 	}
@@ -677,6 +708,14 @@ func (d *Deployment) Close() {
 		}
 	}
 	d.mu.Unlock()
+	if d.planted != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = d.planted.Stop(ctx)
+		cancel()
+	}
+	if d.plantNC != nil {
+		d.plantNC.Close()
+	}
 	for _, kind := range []string{"locker", "router", "storage"} {
 		for _, p := range d.svcs[kind] {
 			p.close()
@@ -717,4 +756,30 @@ func waitPort(ctx context.Context, port int, timeout time.Duration) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// PlantedLeaderGet is the stale read the services' quorum confirmation
+// prevents, planted in the harness for the self-test (check.Unsafe.Get):
+// it reads key as a raw leader read ($JS.API.STREAM.MSG.GET, last_by_subj)
+// bypassing storage, from the node cut off from the others when there is
+// one (a client on the minority side) and through node 0 otherwise. A
+// deposed leader keeps answering such reads until its lost-quorum check,
+// seconds after the majority has moved on.
+func (d *Deployment) PlantedLeaderGet(ctx context.Context, key string) (string, uint64, bool, error) {
+	ids := make([]string, d.o.Shards)
+	for k := range ids {
+		ids[k] = strconv.Itoa(k)
+	}
+	bucket := d.subj.ShardBucket(consistenthash.New(ids).Get(key))
+	n := max(d.Isolated(), 0)
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	m, found, err := jskv.LeaderGet(ctx, d.direct[n], "KV_"+bucket, "$KV."+bucket+"."+jskv.EncodeKey(key))
+	if err != nil {
+		return "", 0, false, err
+	}
+	if !found || jskv.IsDeleteMarker(m.Header) {
+		return "", 0, false, nil
+	}
+	return string(m.Data), m.Seq, true, nil
 }

@@ -5,23 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/latchkey/latchkey/check"
 	"github.com/latchkey/latchkey/check/inproc"
+	"github.com/latchkey/latchkey/check/procs"
 	"github.com/latchkey/latchkey/client"
 	"github.com/nats-io/nats.go"
 )
 
 func checkCmd(ctx context.Context, args []string) error {
-	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process] [--edges LIST]
+	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process | --faults processes] [--edges LIST]
 
 Drives concurrent traffic (gets of both consistencies, puts, CAS puts,
 deletes, scans, lock sessions with fenced writes) against the deployment at
 --server, records every operation, and checks linearizability (porcupine),
 stale reads, scans, lock safety, fencing and durability. With --in-process it
 starts its own 3-node NATS cluster and the services instead, and injects
-faults on a schedule reproducible with --seed. --edges adds workloads aimed
+faults on a schedule reproducible with --seed. With --faults processes it
+builds nats-server (cached under ~/.cache/latchkey/bin) and the service
+binaries, runs them as separate processes, and injects SIGKILLs, SIGSTOP
+pauses and network partitions (route and client proxies). --edges adds workloads aimed
 at TTL instants and fence bounds (ttl: writes at the instant a key's TTL
 runs out; renew: renewals at a lease's end with a contender right after;
 fence-ttl: fences next to TTLs; fences: keys fenced by many locks; or all).
@@ -42,6 +47,9 @@ See docs/CORRECTNESS.md.`)
 	out := fs.String("out", os.TempDir(), "directory for porcupine's visualisation on a violation")
 	edgesFlag := fs.String("edges", "", "edge workloads, comma-separated: ttl, renew, fence-ttl, fences, or all")
 	edgeKeys := fs.Int("edge-keys", 24, "keys and locks each edge burst aims at at once")
+	faults := fs.String("faults", "", "processes: start nats-server, storage, router and locker as separate processes and inject SIGKILL, SIGSTOP and partition faults; in-process: as --in-process")
+	faultKinds := fs.String("fault-kinds", "", "with --faults processes: only these fault kinds, comma-separated ("+strings.Join(procs.AllFaultKinds, ", ")+")")
+	syncAlways := fs.Bool("sync-always", false, "with --faults processes: sync_interval always on every server")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -63,7 +71,34 @@ See docs/CORRECTNESS.md.`)
 		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
 		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out,
 	}
-	if *inProcess {
+	switch *faults {
+	case "", "processes":
+	case "in-process", "inproc":
+		*inProcess = true
+	default:
+		return usagef("--faults: want processes or in-process, not %q", *faults)
+	}
+	if *faults == "processes" {
+		dir, err := os.MkdirTemp("", "latchkey-check-procs")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		var kinds []string
+		if *faultKinds != "" {
+			kinds = strings.Split(*faultKinds, ",")
+		}
+		d, err := procs.Start(ctx, procs.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout,
+			SyncAlways: *syncAlways, Log: os.Stderr, Faults: kinds})
+		if err != nil {
+			return fmt.Errorf("starting the process deployment: %w", err)
+		}
+		defer d.Close()
+		cfg.Connect = d.Connect
+		if !*noFaults {
+			cfg.Injector, cfg.PauseHolder = d, true
+		}
+	} else if *inProcess {
 		dir, err := os.MkdirTemp("", "latchkey-check")
 		if err != nil {
 			return err
