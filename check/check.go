@@ -73,6 +73,9 @@ type Config struct {
 	// OutDir is where porcupine's visualisation goes on a violation;
 	// default os.TempDir().
 	OutDir string
+	// HistoryFile, if set, receives every recorded operation as one JSON
+	// object a line once traffic ends, to study a violation.
+	HistoryFile string
 	// Unsafe plants a bug in the checker's own harness, for the
 	// self-test of faults the services' Unsafe switches cannot reach.
 	Unsafe Unsafe
@@ -230,6 +233,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		trafficEnd.Seconds(), r.rec.count())
 	if err := r.finalReads(ctx, clients[cfg.Clients+2]); err != nil {
 		return nil, err
+	}
+	if cfg.HistoryFile != "" {
+		if err := writeHistory(cfg.HistoryFile, r.rec.snapshot()); err != nil {
+			fmt.Fprintf(cfg.Progress, "writing the history: %v\n", err)
+		} else {
+			fmt.Fprintf(cfg.Progress, "history written to %s\n", cfg.HistoryFile)
+		}
 	}
 	fmt.Fprintf(cfg.Progress, "checking the history\n")
 	rep := r.verify(trafficEnd, sched)

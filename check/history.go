@@ -1,6 +1,8 @@
 package check
 
 import (
+	"encoding/json"
+	"os"
 	"sync"
 	"time"
 )
@@ -121,4 +123,20 @@ func (r *recorder) count() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.ops)
+}
+
+// writeHistory writes ops to path as JSON lines.
+func writeHistory(path string, ops []Op) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, op := range ops {
+		if err := enc.Encode(op); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
 }

@@ -31,14 +31,17 @@ func TestProcessFaultsFindPlantedBugs(t *testing.T) {
 	}
 	t.Run("stale read from an isolated leader", func(t *testing.T) {
 		d := start(t, procs.Options{})
-		var sched check.Schedule
-		for i, at := range []time.Duration{3 * time.Second, 17 * time.Second, 31 * time.Second} {
-			sched.Events = append(sched.Events, check.Event{At: at, Hold: 11 * time.Second,
-				Fault: check.Fault{Kind: procs.IsolateLeader, Target: i}})
-		}
 		rep := run(t, check.Config{Duration: 48 * time.Second, Seed: 11, Connect: d.Connect, Injector: d,
-			Schedule: &sched, Unsafe: check.Unsafe{Get: d.PlantedLeaderGet}})
+			Schedule: leaderPartitions(), Unsafe: check.Unsafe{Get: d.PlantedLeaderGet}})
 		want(t, rep, check.CheckLinearizable)
+	})
+	t.Run("no plant under the same partitions", func(t *testing.T) {
+		d := start(t, procs.Options{})
+		rep := run(t, check.Config{Duration: 48 * time.Second, Seed: 11, Connect: d.Connect, Injector: d,
+			Schedule: leaderPartitions(), HistoryFile: os.Getenv("LATCHKEY_CHECK_HISTORY")})
+		if len(rep.Violations) > 0 {
+			t.Errorf("%d violation(s) without a plant: %v", len(rep.Violations), rep.Violations)
+		}
 	})
 	t.Run("double holder after a paused holder", func(t *testing.T) {
 		d := start(t, procs.Options{LockerUnsafe: locker.Unsafe{NoRenewGuard: true}})
@@ -66,4 +69,15 @@ func want(t *testing.T, rep *check.Report, c string) {
 	} else {
 		t.Logf("planted bug caught: %d %s violation(s)", n, c)
 	}
+}
+
+// leaderPartitions isolates each shard's stream leader in turn for 11 s,
+// longer than the majority takes to elect a new one.
+func leaderPartitions() *check.Schedule {
+	var sched check.Schedule
+	for i, at := range []time.Duration{3 * time.Second, 17 * time.Second, 31 * time.Second} {
+		sched.Events = append(sched.Events, check.Event{At: at, Hold: 11 * time.Second,
+			Fault: check.Fault{Kind: procs.IsolateLeader, Target: i}})
+	}
+	return &sched
 }

@@ -50,6 +50,8 @@ See docs/CORRECTNESS.md.`)
 	faults := fs.String("faults", "", "processes: start nats-server, storage, router and locker as separate processes and inject SIGKILL, SIGSTOP and partition faults; in-process: as --in-process")
 	faultKinds := fs.String("fault-kinds", "", "with --faults processes: only these fault kinds, comma-separated ("+strings.Join(procs.AllFaultKinds, ", ")+")")
 	syncAlways := fs.Bool("sync-always", false, "with --faults processes: sync_interval always on every server")
+	workDir := fs.String("work-dir", "", "with --faults processes: keep data, configs and process logs in this directory (default: a temporary one, removed)")
+	history := fs.String("history", "", "write every recorded operation to this file as JSON lines")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -69,7 +71,7 @@ See docs/CORRECTNESS.md.`)
 		Edges:    edges,
 		Duration: *duration, Clients: *clients, Keys: *keys, Locks: *locks, Seed: *seed,
 		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
-		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out,
+		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out, HistoryFile: *history,
 	}
 	switch *faults {
 	case "", "processes":
@@ -79,11 +81,15 @@ See docs/CORRECTNESS.md.`)
 		return usagef("--faults: want processes or in-process, not %q", *faults)
 	}
 	if *faults == "processes" {
-		dir, err := os.MkdirTemp("", "latchkey-check-procs")
-		if err != nil {
+		dir := *workDir
+		if dir == "" {
+			if dir, err = os.MkdirTemp("", "latchkey-check-procs"); err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+		} else if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		defer os.RemoveAll(dir)
 		var kinds []string
 		if *faultKinds != "" {
 			kinds = strings.Split(*faultKinds, ",")
