@@ -26,6 +26,7 @@ import (
 	"github.com/latchkey/latchkey/kit/codec"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/telemetry"
+	"github.com/latchkey/latchkey/kit/wire"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -35,8 +36,9 @@ import (
 )
 
 // HeaderTimeout carries the caller's remaining patience in milliseconds, so
-// a service stops working on a request nobody waits for any more.
-const HeaderTimeout = "Latchkey-Timeout-Ms"
+// a service stops working on a request nobody waits for any more (see
+// wire.HeaderTimeout).
+const HeaderTimeout = wire.HeaderTimeout
 
 // Request is one decoded-on-demand request.
 type Request struct {

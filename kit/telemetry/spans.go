@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 
+	"github.com/latchkey/latchkey/kit/wire"
 	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.39.0"
 	"go.opentelemetry.io/otel/trace"
@@ -12,14 +13,15 @@ import (
 // user data and may be personal, so spans carry its length, never the key
 // itself; lock names are operator-chosen identifiers and are recorded.
 const (
-	AttrShard      = attribute.Key("latchkey.shard.id")
-	AttrKeyLength  = attribute.Key("latchkey.key.length")
-	AttrRevision   = attribute.Key("latchkey.revision")
-	AttrLockName   = attribute.Key("latchkey.lock.name")
-	AttrLockToken  = attribute.Key("latchkey.lock.token")
-	AttrFenced     = attribute.Key("latchkey.fenced")
-	AttrOutcome    = attribute.Key("latchkey.outcome")
-	AttrStatusCode = attribute.Key("latchkey.status_code")
+	AttrShard     = attribute.Key("latchkey.shard.id")
+	AttrKeyLength = attribute.Key("latchkey.key.length")
+	AttrRevision  = attribute.Key("latchkey.revision")
+	AttrLockName  = attribute.Key("latchkey.lock.name")
+	AttrLockToken = attribute.Key("latchkey.lock.token")
+	AttrFenced    = attribute.Key("latchkey.fenced")
+	// AttrOutcome and AttrStatusCode are set by End (kit/wire).
+	AttrOutcome    = wire.AttrOutcome
+	AttrStatusCode = wire.AttrStatusCode
 )
 
 // JetStream operations named on the spans of StartJetStream.
@@ -42,7 +44,7 @@ func StartJetStream(ctx context.Context, op, stream string) (context.Context, tr
 	if op != JSPublish {
 		kind = semconv.MessagingOperationTypeReceive
 	}
-	return tracer(ctx).Start(ctx, op+" "+stream,
+	return TracerFor(ctx).Start(ctx, op+" "+stream,
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(natsSystem,
 			semconv.MessagingDestinationName(stream),
@@ -52,21 +54,6 @@ func StartJetStream(ctx context.Context, op, stream string) (context.Context, tr
 }
 
 // Outcome names an API status code for metric labels and span attributes:
-// ok, invalid, not_found, conflict, too_large, unavailable or error.
-func Outcome(code int) string {
-	switch code {
-	case 200:
-		return "ok"
-	case 400:
-		return "invalid"
-	case 404:
-		return "not_found"
-	case 409:
-		return "conflict"
-	case 413:
-		return "too_large"
-	case 503:
-		return "unavailable"
-	}
-	return "error"
-}
+// ok, invalid, not_found, conflict, too_large, unavailable or error (see
+// wire.Outcome).
+func Outcome(code int) string { return wire.Outcome(code) }

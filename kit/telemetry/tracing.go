@@ -2,19 +2,17 @@ package telemetry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"strings"
 
+	"github.com/latchkey/latchkey/kit/wire"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.39.0"
@@ -22,11 +20,11 @@ import (
 )
 
 // instrumentation is the tracer name of every latchkey span.
-const instrumentation = "github.com/latchkey/latchkey"
+const instrumentation = wire.Instrumentation
 
-var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
-
-func init() { otel.SetTextMapPropagator(propagator) }
+// A latchkey process also installs wire's propagator as the global one, so
+// that other instrumented code in it passes the same trace context on.
+func init() { otel.SetTextMapPropagator(wire.Propagator()) }
 
 // Enabled reports whether the environment asks for trace export: an OTLP
 // endpoint is configured and OTEL_TRACES_EXPORTER is not "none".
@@ -97,11 +95,12 @@ func Exporter(ctx context.Context, addr string) (sdktrace.SpanExporter, error) {
 }
 
 // Tracer returns latchkey's tracer from the global provider.
-func Tracer() trace.Tracer { return otel.Tracer(instrumentation) }
+func Tracer() trace.Tracer { return wire.Tracer() }
 
-// tracer picks the tracer of the service ctx belongs to (see WithService)
-// when a Tracing is in use, and the global provider's otherwise.
-func tracer(ctx context.Context) trace.Tracer {
+// TracerFor returns the tracer of the service ctx belongs to (see
+// WithService) when a Tracing is in use, and the global provider's
+// otherwise. kit/service.Call starts its CLIENT spans with it.
+func TracerFor(ctx context.Context) trace.Tracer {
 	if t := current.Load(); t != nil {
 		if name := ServiceFrom(ctx); name != "" {
 			return t.tracer(name)
@@ -116,10 +115,8 @@ var natsSystem = semconv.MessagingSystemKey.String("nats")
 // <subject>", kind SERVER, a child of the trace context in msg's headers
 // (or the root of a new trace when there is none).
 func StartServer(ctx context.Context, msg *nats.Msg, operation string) (context.Context, trace.Span) {
-	if msg.Header != nil {
-		ctx = propagator.Extract(ctx, HeaderCarrier(msg.Header))
-	}
-	return tracer(ctx).Start(ctx, "process "+msg.Subject,
+	ctx = wire.Extract(ctx, msg.Header)
+	return TracerFor(ctx).Start(ctx, "process "+msg.Subject,
 		trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(natsSystem,
 			semconv.MessagingDestinationName(msg.Subject),
@@ -130,36 +127,15 @@ func StartServer(ctx context.Context, msg *nats.Msg, operation string) (context.
 
 // StartClient starts the span of a request sent on subject: "send
 // <subject>", kind CLIENT, and writes its context into hdr so that the
-// receiver's span becomes its child.
+// receiver's span becomes its child. The span belongs to ctx's service
+// (TracerFor).
 func StartClient(ctx context.Context, subject, operation string, hdr nats.Header) (context.Context, trace.Span) {
-	ctx, span := tracer(ctx).Start(ctx, "send "+subject,
-		trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(natsSystem,
-			semconv.MessagingDestinationName(subject),
-			semconv.MessagingOperationName(operation),
-			semconv.MessagingOperationTypeSend))
-	Inject(ctx, hdr)
-	return ctx, span
+	return wire.StartClient(ctx, TracerFor(ctx), subject, operation, hdr)
 }
 
 // Inject writes ctx's trace context into hdr.
-func Inject(ctx context.Context, hdr nats.Header) { propagator.Inject(ctx, HeaderCarrier(hdr)) }
+func Inject(ctx context.Context, hdr nats.Header) { wire.Inject(ctx, hdr) }
 
 // End ends span, recording err (if any) as the span's status. code is the
 // API status code of the outcome (0 to leave it out).
-func End(span trace.Span, code int, err error) {
-	if code != 0 {
-		span.SetAttributes(AttrStatusCode.Int(code), AttrOutcome.String(Outcome(code)))
-	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		span.RecordError(err)
-		if code == 0 || code >= 500 {
-			span.SetStatus(codes.Error, err.Error())
-		} else {
-			// A 4xx is the caller's problem, not a failure of this span's
-			// work; the error stays visible as an event and attribute.
-			span.SetAttributes(attribute.String("error.type", err.Error()))
-		}
-	}
-	span.End()
-}
+func End(span trace.Span, code int, err error) { wire.End(span, code, err) }

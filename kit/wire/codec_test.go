@@ -1,11 +1,11 @@
-package codec_test
+package wire_test
 
 import (
 	"errors"
 	"testing"
 
 	"github.com/latchkey/latchkey/kit/apierr"
-	"github.com/latchkey/latchkey/kit/codec"
+	"github.com/latchkey/latchkey/kit/wire"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +25,7 @@ func TestIsJSON(t *testing.T) {
 		{"empty", nil, "", false},
 	}
 	for _, c := range cases {
-		if got := codec.IsJSON(c.hdr, []byte(c.body)); got != c.want {
+		if got := wire.IsJSON(c.hdr, []byte(c.body)); got != c.want {
 			t.Errorf("%s: IsJSON = %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -35,12 +35,12 @@ func TestRoundTrip(t *testing.T) {
 	rev := uint64(0)
 	in := &pb.PutRequest{Key: "a.b c>*", Value: []byte{0, 1, 2}, ExpectedRevision: &rev, TtlMs: 1500}
 	for _, asJSON := range []bool{false, true} {
-		b, err := codec.Encode(in, asJSON)
+		b, err := wire.Encode(in, asJSON)
 		if err != nil {
 			t.Fatal(err)
 		}
 		out := &pb.PutRequest{}
-		if err := codec.Decode(b, asJSON, out); err != nil {
+		if err := wire.Decode(b, asJSON, out); err != nil {
 			t.Fatal(err)
 		}
 		if !proto.Equal(in, out) {
@@ -52,7 +52,7 @@ func TestRoundTrip(t *testing.T) {
 func TestSnakeAndCamelCaseRequests(t *testing.T) {
 	for _, body := range []string{`{"key":"k","expected_revision":"7"}`, `{"key":"k","expectedRevision":7}`} {
 		m := &pb.PutRequest{}
-		if err := codec.Decode([]byte(body), true, m); err != nil {
+		if err := wire.Decode([]byte(body), true, m); err != nil {
 			t.Fatalf("%s: %v", body, err)
 		}
 		if m.GetExpectedRevision() != 7 || m.ExpectedRevision == nil {
@@ -66,7 +66,7 @@ func TestMalformedIsInvalid(t *testing.T) {
 		body   string
 		asJSON bool
 	}{{`{"key":`, true}, {`{"nope":1}`, true}, {"\xff\xff\xff", false}} {
-		err := codec.Decode([]byte(c.body), c.asJSON, &pb.GetRequest{})
+		err := wire.Decode([]byte(c.body), c.asJSON, &pb.GetRequest{})
 		if !errors.Is(err, apierr.ErrInvalid) {
 			t.Errorf("%q: err = %v, want ErrInvalid", c.body, err)
 		}

@@ -1,0 +1,104 @@
+// Package wire is latchkey's request-reply protocol as a caller sees it:
+// sending a protobuf request (Call), turning the reply or the transport's
+// failure into a response or an *apierr.Error (DecodeReply,
+// TransportError), the message codec, the header that carries the
+// caller's deadline, and the W3C trace context in NATS headers with the
+// CLIENT span of each request.
+//
+// It is apart from kit/service (the micro runtime) and kit/telemetry (OTLP
+// exporters, Prometheus) so that the Go client links nats.go, protobuf and
+// the OpenTelemetry API only: an application that adds the client gets no
+// gRPC, no Prometheus and no JetStream. Keep its imports to those, apierr,
+// subjects and proto; client/deps_test.go fails on anything else.
+package wire
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
+)
+
+// HeaderTimeout carries the caller's remaining patience in milliseconds, so
+// a service stops working on a request nobody waits for any more.
+const HeaderTimeout = "Latchkey-Timeout-Ms"
+
+// Call sends a protobuf request on subject and decodes the reply into resp.
+// Error replies come back as *apierr.Error; a subject nobody serves and a
+// timeout are ErrUnavailable, so callers can tell "retry" from "wrong".
+// hdr may be nil; it is sent as is (trace context, for example). The
+// request's CLIENT span comes from the global tracer provider (Tracer).
+func Call(ctx context.Context, nc *nats.Conn, subject string, hdr nats.Header, req, resp proto.Message) error {
+	return CallWith(ctx, Tracer(), nc, subject, hdr, req, resp)
+}
+
+// CallWith is Call with the CLIENT span started by tr. It exists for a
+// process that runs several services, whose calls must be reported as the
+// calling service (kit/service.Call passes kit/telemetry's tracer of ctx).
+func CallWith(ctx context.Context, tr trace.Tracer, nc *nats.Conn, subject string, hdr nats.Header, req, resp proto.Message) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return apierr.New(apierr.ErrInvalid, "encode", "cannot encode request: %v", err)
+	}
+	if hdr == nil {
+		hdr = nats.Header{}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		hdr.Set(HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
+	}
+	ctx, span := StartClient(ctx, tr, subject, operation(subject), hdr)
+	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: data})
+	if err != nil {
+		err = TransportError(subject, err)
+	} else {
+		err = DecodeReply(reply, resp)
+	}
+	code := 200
+	if err != nil {
+		code = apierr.From(err).Code()
+	}
+	End(span, code, err)
+	return err
+}
+
+// operation is the last token of a subject ("get" of latchkey.kv.get).
+func operation(subject string) string {
+	if i := strings.LastIndexByte(subject, '.'); i >= 0 {
+		return subject[i+1:]
+	}
+	return subject
+}
+
+// TransportError classifies a failed NATS request.
+func TransportError(subject string, err error) error {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return apierr.Unavailable("no_responders", "nothing serves %s: %v", subject, err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return apierr.Unavailable("timeout", "no reply on %s in time", subject)
+	case errors.Is(err, context.Canceled):
+		return err
+	}
+	return apierr.Unavailable("nats", "request on %s failed: %v", subject, err)
+}
+
+// DecodeReply turns a reply into resp, or into the *apierr.Error it carries.
+func DecodeReply(reply *nats.Msg, resp proto.Message) error {
+	if code := reply.Header.Get(apierr.HeaderCode); code != "" {
+		body := &pb.Error{}
+		_ = proto.Unmarshal(reply.Data, body) // best effort: headers already say enough
+		return apierr.FromHeaders(code, reply.Header.Get(apierr.HeaderMessage), body.GetReason())
+	}
+	if err := proto.Unmarshal(reply.Data, resp); err != nil {
+		return apierr.New(apierr.ErrInternal, "malformed_reply", "cannot read reply as %s: %v",
+			resp.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
