@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
-	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/wire"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 )
@@ -90,5 +90,5 @@ func (c *Client) call(ctx context.Context, endpoint string, req, resp proto.Mess
 func (c *Client) callWithin(ctx context.Context, endpoint string, req, resp proto.Message, d time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	return service.Call(ctx, c.nc, c.subj.Public(endpoint), nil, req, resp)
+	return wire.Call(ctx, c.nc, c.subj.Public(endpoint), nil, req, resp)
 }
