@@ -202,7 +202,10 @@ func run(name string, c *Common, log *slog.Logger, start StartFunc) error {
 // connection state, so an operator sees why requests fail. extra (e.g.
 // Auth.Options) is applied last.
 func Connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false),
+	// A 10 s connect timeout (nats.go's default is 2 s): a server busy
+	// starting next to many clients on a small machine, with TLS and
+	// password checks, can take longer than 2 s to finish a handshake.
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false), nats.Timeout(10 * time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "err", err) }),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("NATS reconnected", "url", c.ConnectedUrl()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
