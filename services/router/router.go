@@ -141,7 +141,7 @@ func (s *Server) get(ctx context.Context, r *service.Request) (proto.Message, er
 	if err := decodeCheck(r, in, s.max); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s, r, in.Key, "get", in, &pb.GetResponse{})
+	return s.forward(ctx, in.Key, "get", in, &pb.GetResponse{})
 }
 
 func (s *Server) put(ctx context.Context, r *service.Request) (proto.Message, error) {
@@ -149,7 +149,7 @@ func (s *Server) put(ctx context.Context, r *service.Request) (proto.Message, er
 	if err := decodeCheck(r, in, s.max); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s, r, in.Key, "put", in, &pb.PutResponse{})
+	return s.forward(ctx, in.Key, "put", in, &pb.PutResponse{})
 }
 
 func (s *Server) delete(ctx context.Context, r *service.Request) (proto.Message, error) {
@@ -157,7 +157,7 @@ func (s *Server) delete(ctx context.Context, r *service.Request) (proto.Message,
 	if err := decodeCheck(r, in, s.max); err != nil {
 		return nil, err
 	}
-	return forward(ctx, s, r, in.Key, "delete", in, &pb.DeleteResponse{})
+	return s.forward(ctx, in.Key, "delete", in, &pb.DeleteResponse{})
 }
 
 func decodeCheck(r *service.Request, m proto.Message, maxValue int) error {
@@ -167,10 +167,10 @@ func decodeCheck(r *service.Request, m proto.Message, maxValue int) error {
 	return limits.Request(m, maxValue)
 }
 
-// forward sends in to the shard owning key and returns its answer. Shard
-// errors come back unchanged; transport failures become 503s that name the
-// shard.
-func forward[T proto.Message](ctx context.Context, s *Server, r *service.Request, key, op string, in proto.Message, out T) (proto.Message, error) {
+// forward sends in to the shard owning key and returns its answer, out.
+// Shard errors come back unchanged; transport failures become 503s that
+// name the shard.
+func (s *Server) forward(ctx context.Context, key, op string, in, out proto.Message) (proto.Message, error) {
 	id := s.route.Load().hash.Get(key)
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(telemetry.AttrShard.String(id), telemetry.AttrKeyLength.Int(len(key)))
@@ -180,7 +180,7 @@ func forward[T proto.Message](ctx context.Context, s *Server, r *service.Request
 	if err := s.call(ctx, id, op, in, out); err != nil {
 		return nil, err
 	}
-	if rv, ok := any(out).(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
+	if rv, ok := out.(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
 		span.SetAttributes(telemetry.AttrRevision.Int64(int64(rv.GetRevision())))
 	}
 	return out, nil
