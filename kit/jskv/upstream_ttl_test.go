@@ -507,13 +507,17 @@ func TestUpstreamMarkerExpiryIsRemoval(t *testing.T) {
 		t.Skip("runs a 3-node cluster for ~6 s")
 	}
 	const n = 500
-	r := newExpiryRig(t, "mkexp", time.Second) // markers live 1 s
+	// Markers live 2 s: long enough that every marker of the batch can be
+	// seen and read back before the first of them expires, even on a busy
+	// machine (with 1 s, some were gone before they were read).
+	const markerTTL = 2 * time.Second
+	r := newExpiryRig(t, "mkexp", markerTTL)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
 	// n keys expire into markers; then writes conditioned on each marker
 	// are fired, the same way as at a TTL'd message, around the pass in
-	// which the markers' own 1 s TTL runs out.
+	// which the markers' own TTL runs out.
 	subjects := make([]string, n)
 	for i := range subjects {
 		subjects[i] = r.subject(fmt.Sprintf("m.k%04d", i))
@@ -560,8 +564,8 @@ func TestUpstreamMarkerExpiryIsRemoval(t *testing.T) {
 			late = append(late, sh)
 		}
 	}
-	r.fireStaggered(early, first.Add(time.Second))
-	r.fireStaggered(late, last.Add(time.Second+expiryRearm))
+	r.fireStaggered(early, first.Add(markerTTL))
+	r.fireStaggered(late, last.Add(markerTTL+expiryRearm))
 	acked := 0
 	for _, sh := range append(early, late...) {
 		select {
