@@ -14,6 +14,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"os"
@@ -144,6 +145,13 @@ func Start(nc *nats.Conn, cfg Config, endpoints ...Endpoint) (*Service, error) {
 			_ = svc.Stop()
 			return nil, err
 		}
+	}
+	// Subscriptions travel to the server asynchronously: without a flush a
+	// request sent on another connection right after Start returns can find
+	// no responders (seen in tests on a busy machine).
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("service %s: subscriptions not confirmed by the server: %w", cfg.Name, err)
 	}
 	return s, nil
 }
