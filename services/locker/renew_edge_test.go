@@ -147,7 +147,7 @@ func TestNoSecondHolderAfterAckedRenewal(t *testing.T) {
 	c := natstest.NewCluster(t)
 	// Rounds run until 200 renewals were sent at the edge.
 	var total renewRace
-	for round := 0; round < 10 && total.atEdge < 200; round++ {
+	for round := 0; round < 20 && total.atEdge < 200; round++ {
 		r := raceRenewals(t, c, locker.Config{Replicas: 3}, 100, round)
 		t.Logf("guard on, round %d: %+v", round, r)
 		total.attempts += r.attempts
@@ -173,7 +173,7 @@ func TestNoSecondHolderAfterAckedRenewal(t *testing.T) {
 func TestRenewRaceDoubleHoldsWithoutGuard(t *testing.T) {
 	c := natstest.NewCluster(t)
 	doubles := 0
-	for round := 0; round < 10 && doubles == 0; round++ {
+	for round := 0; round < 20 && doubles == 0; round++ {
 		r := raceRenewals(t, c, locker.Config{Replicas: 3, Unsafe: locker.Unsafe{NoRenewGuard: true}}, 100, round)
 		t.Logf("guard off, round %d: %+v", round, r)
 		doubles += r.doubles

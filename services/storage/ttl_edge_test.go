@@ -163,7 +163,7 @@ func TestNoAckedPutLostAtTTLInstant(t *testing.T) {
 	// Rounds run until 200 puts reached the edge: on a busy machine a
 	// burst may land late and count for little.
 	var total ttlRace
-	for round := 0; round < 10 && total.atEdge < 200; round++ {
+	for round := 0; round < 20 && total.atEdge < 200; round++ {
 		r := raceTTLInstants(t, c, cfg, 60, round)
 		t.Logf("guard on, round %d: %+v", round, r)
 		total.attempts += r.attempts
@@ -187,7 +187,7 @@ func TestTTLRaceLosesWritesWithoutGuard(t *testing.T) {
 	c := natstest.NewCluster(t)
 	cfg := storage.Config{Shards: []string{"0"}, Replicas: 3, Unsafe: storage.Unsafe{NoTTLGuard: true}}
 	lost := 0
-	for round := 0; round < 10 && lost == 0; round++ {
+	for round := 0; round < 20 && lost == 0; round++ {
 		r := raceTTLInstants(t, c, cfg, 60, round)
 		t.Logf("guard off, round %d: %+v", round, r)
 		lost += r.lost
