@@ -22,6 +22,12 @@ type Options struct {
 	Name     string
 	// SyncAlways fsyncs every write: nothing acknowledged is lost on a crash.
 	SyncAlways bool
+	// Users, when set, turns on user authentication (with per-user
+	// permissions); NoAuthUser is the user of clients that bring no
+	// credentials. latchkey dev uses them to give the watch event
+	// connection a user that may publish only to _INBOX.>.
+	Users      []*server.User
+	NoAuthUser string
 }
 
 // Start runs one JetStream-enabled server and waits until it accepts clients.
@@ -50,6 +56,7 @@ func serverOptions(o Options) *server.Options {
 	if o.SyncAlways {
 		so.SyncAlways = true
 	}
+	so.Users, so.NoAuthUser = o.Users, o.NoAuthUser
 	return so
 }
 

@@ -17,6 +17,16 @@ const (
 	LockRenew   = "lock.renew"
 	LockRelease = "lock.release"
 	LockGet     = "lock.get"
+
+	KVWatch          = "kv.watch"
+	KVWatchKeepalive = "kv.watch.keepalive"
+	KVWatchCancel    = "kv.watch.cancel"
+)
+
+// Operations on a running watch's control subject (WatchControl).
+const (
+	WatchOpKeepalive = "keepalive"
+	WatchOpCancel    = "cancel"
 )
 
 // Set names the subjects of one deployment.
@@ -40,6 +50,15 @@ func (s Set) ShardGroup(shardID string) string { return s.Prefix + ".shard." + s
 // Shard returns the internal subject of op ("get", "put", "delete", "scan")
 // on one shard.
 func (s Set) Shard(shardID, op string) string { return s.ShardGroup(shardID) + "." + op }
+
+// WatchControl is the subject on which the storage instances feeding a
+// watch take its keepalives and cancels (op is WatchOpKeepalive or
+// WatchOpCancel), e.g. latchkey.watchctl.<watch_id>.keepalive. Every
+// instance subscribes to WatchControl("*", "*"); those serving the watch
+// answer.
+func (s Set) WatchControl(watchID, op string) string {
+	return s.Prefix + ".watchctl." + watchID + "." + op
+}
 
 // MetaBucket is the JetStream KV bucket holding the shard map, and
 // ShardBucket the one holding a shard's data. Bucket names allow only
