@@ -63,6 +63,7 @@ type shard struct {
 	tokens      *tokenBound
 
 	view    *view
+	feed    *watchHub // watch feeds fed by onMsg (watch.go)
 	locks   keyLocks
 	barrier barrier
 	healthy atomic.Bool
@@ -103,6 +104,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 		kick:        make(chan struct{}, 1),
 	}
 	sh.msgGet = "$JS.API.STREAM.MSG.GET." + sh.stream
+	sh.feed = newWatchHub(sh, cfg.EventConn)
 	sh.barrier.publish = sh.publishBarrier
 	if err := sh.createBucket(ctx, cfg.Replicas); err != nil {
 		return nil, err
@@ -186,6 +188,7 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	h := m.Headers()
 	key, err := decodeKey(subjectToken(m.Subject()))
 	sh.view.apply(key, err == nil, md.Sequence.Stream, expiryNanos(md.Timestamp, h), isLive(h), m.Data(), h.Get(hdrFences))
+	sh.feed.observe(key, err == nil, md.Sequence.Stream, md.Timestamp, h, m.Data())
 }
 
 // monitor checks the view's contact with its stream by a barrier, marks
@@ -263,6 +266,7 @@ func (sh *shard) probe(ctx context.Context) error {
 
 func (sh *shard) close() {
 	openShards.remove(sh)
+	sh.feed.close()
 	if sh.stop != nil {
 		sh.stop()
 		<-sh.done

@@ -34,6 +34,12 @@ type Config struct {
 	// write waits for the server's expiry marker and conditions on it
 	// (docs/CORRECTNESS.md, "TTL instants"). 0 = DefaultTTLGuard.
 	TTLGuard time.Duration
+	// EventConn publishes watch events (latchkey.kv.watch). It must be a
+	// connection of its own whose user may publish only to _INBOX.>, so a
+	// watch's deliver subject can never make storage write to $JS.API or
+	// $KV. nil: this instance serves no watches (its shards' watch
+	// requests go to instances that do).
+	EventConn *nats.Conn
 	// Unsafe switches off safety checks. Only tests set it, to prove that
 	// the tests and `latchkey check` catch the bugs the checks prevent.
 	Unsafe Unsafe
@@ -57,6 +63,7 @@ type Unsafe struct {
 type Server struct {
 	svc    *service.Service
 	shards []*shard
+	wctl   *watchControl
 	log    *slog.Logger
 }
 
@@ -114,6 +121,15 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		}
 		s.shards = append(s.shards, sh)
 		eps = append(eps, sh.endpoints(subj)...)
+		if cfg.EventConn != nil {
+			eps = append(eps, sh.watchEndpoint(subj))
+		}
+	}
+	if cfg.EventConn != nil {
+		if s.wctl, err = startWatchControl(nc, subj, s.shards); err != nil {
+			s.closeShards()
+			return nil, err
+		}
 	}
 	s.svc, err = service.Start(nc, service.Config{
 		Name:        ServiceName,
@@ -123,6 +139,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		Logger:      cfg.Logger,
 	}, eps...)
 	if err != nil {
+		s.wctl.stop()
 		s.closeShards()
 		return nil, err
 	}
@@ -134,6 +151,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 // stops the views' consumers. The data stays in JetStream.
 func (s *Server) Stop(ctx context.Context) error {
 	err := s.svc.Stop(ctx)
+	s.wctl.stop()
 	s.closeShards()
 	return err
 }
