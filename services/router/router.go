@@ -106,12 +106,12 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		Description: "latchkey key-value router: checks requests and forwards them to their shard",
 		Metadata:    map[string]string{"prefix": s.subj.Prefix},
 		Logger:      s.log,
-	},
+	}, append([]service.Endpoint{
 		ep("get", subjects.KVGet, s.get),
 		ep("put", subjects.KVPut, s.put),
 		ep("delete", subjects.KVDelete, s.delete),
 		ep("scan", subjects.KVScan, s.scan),
-	)
+	}, s.watchEndpoints()...)...)
 	if err != nil {
 		cancel()
 		<-s.done
