@@ -1,0 +1,442 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/wire"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+)
+
+// ErrWatchClosed matches the error of a watch that ended: Watcher.Err
+// wraps it together with the cause (the context's error, a refused resume
+// such as a 409 cursor_expired, or Stop).
+var ErrWatchClosed = errors.New("latchkey: watch closed")
+
+// EventType says what a watch Event reports.
+type EventType int
+
+// Event types.
+const (
+	EventPut    EventType = iota + 1 // the key was written
+	EventDelete                      // the key was deleted
+	EventExpire                      // the key's TTL ran out
+	// EventInitialDone follows the initial snapshot of every shard
+	// (WatchInitial), once.
+	EventInitialDone
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventPut:
+		return "put"
+	case EventDelete:
+		return "delete"
+	case EventExpire:
+		return "expire"
+	case EventInitialDone:
+		return "initial_done"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is one change of a watched key.
+type Event struct {
+	Type     EventType
+	Key      string
+	Value    []byte // the new value (EventPut)
+	Revision uint64
+	Shard    string
+}
+
+// WatchOption configures Watch.
+type WatchOption func(*watchConfig)
+
+type watchConfig struct {
+	key      bool
+	initial  bool
+	cursors  map[string]string
+	buffer   int
+	silence  time.Duration
+	interval time.Duration
+}
+
+// WatchKey makes Watch follow exactly the key given as prefix.
+func WatchKey() WatchOption { return func(c *watchConfig) { c.key = true } }
+
+// WatchInitial delivers every matching key's current value first, then one
+// EventInitialDone. If the snapshot is interrupted, it starts over (keys
+// may then repeat before EventInitialDone).
+func WatchInitial() WatchOption { return func(c *watchConfig) { c.initial = true } }
+
+// WatchFrom resumes from cursors saved from Watcher.Cursors.
+func WatchFrom(cursors map[string]string) WatchOption {
+	return func(c *watchConfig) { c.cursors = maps.Clone(cursors) }
+}
+
+// WatchBuffer sets how many events the watcher holds for a slow reader
+// before it lets the feed drop and resumes (default 4096).
+func WatchBuffer(n int) WatchOption { return func(c *watchConfig) { c.buffer = n } }
+
+// WatchSilence sets how long a shard's feed may stay silent (no event, no
+// heartbeat) before the watcher resumes it (default 12s; heartbeats come
+// every 5s at most).
+func WatchSilence(d time.Duration) WatchOption { return func(c *watchConfig) { c.silence = d } }
+
+// WatchKeepaliveInterval sets how often the watcher sends keepalives,
+// which also acknowledge how far it has read (default 5s; the server ends
+// a watch without one for 30s).
+func WatchKeepaliveInterval(d time.Duration) WatchOption {
+	return func(c *watchConfig) { c.interval = d }
+}
+
+// Watcher is a running watch. Read Events until it is closed, then Err
+// says why.
+type Watcher struct {
+	c      *Client
+	cfg    watchConfig
+	prefix string
+	events chan Event
+	stop   context.CancelFunc
+	done   chan struct{}
+	err    error
+
+	inbox string
+	msgs  chan *nats.Msg
+	sub   *nats.Subscription
+
+	mu     sync.Mutex
+	id     string
+	shards map[string]*shardFeed
+
+	resumes   atomic.Int64
+	cancelled atomic.Int64
+	kick      chan string
+}
+
+type shardFeed struct {
+	seq     uint64 // last event seq received in order
+	rev     uint64 // highest revision delivered (per shard, revisions only grow)
+	cursor  string
+	heard   time.Time
+	initial bool // INITIAL_DONE seen
+}
+
+// Watch follows every key that starts with prefix ("" = every key) on every
+// shard. The watcher notices lost events (a gap in a shard's seq, or a
+// shard's silence) and resumes from its cursors by itself, across
+// reconnects and fail-overs of storage instances and NATS servers; per
+// key, events arrive in revision order, and after a resume each changed
+// key is delivered at least in its latest state. The events channel closes
+// when ctx ends, Stop is called, or a resume is refused (Err tells,
+// matching ErrWatchClosed and the cause).
+func (c *Client) Watch(ctx context.Context, prefix string, opts ...WatchOption) (*Watcher, error) {
+	cfg := watchConfig{buffer: 4096, silence: 12 * time.Second, interval: 5 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	w := &Watcher{c: c, cfg: cfg, prefix: prefix, stop: cancel, done: make(chan struct{}),
+		events: make(chan Event, 64), msgs: make(chan *nats.Msg, cfg.buffer), kick: make(chan string, 1)}
+	w.inbox = c.nc.NewInbox()
+	sub, err := c.nc.ChanSubscribe(w.inbox, w.msgs)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// A full buffer drops messages (nats.go's slow consumer): the gap is
+	// noticed and the feed resumed, so the buffer bounds memory.
+	_ = sub.SetPendingLimits(cfg.buffer, 64<<20)
+	w.sub = sub
+	if err := w.start(ctx, cfg.cursors, cfg.initial); err != nil {
+		cancel()
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	go w.run(ctx)
+	go w.keepalive(ctx)
+	return w, nil
+}
+
+// Events returns the channel of events; it is closed when the watch ends.
+func (w *Watcher) Events() <-chan Event { return w.events }
+
+// Err returns why the watch ended (nil while it runs).
+func (w *Watcher) Err() error {
+	select {
+	case <-w.done:
+		return w.err
+	default:
+		return nil
+	}
+}
+
+// Stop ends the watch and waits until its channel is closed.
+func (w *Watcher) Stop() {
+	w.stop()
+	<-w.done
+}
+
+// Resumes counts the times the watcher resumed a watch (after a gap,
+// silence, cancellation by the server or a lost feed).
+func (w *Watcher) Resumes() int64 { return w.resumes.Load() }
+
+// Cancellations counts the CANCELLED events the server sent (e.g. reason
+// slow_consumer).
+func (w *Watcher) Cancellations() int64 { return w.cancelled.Load() }
+
+// Cursors returns the position of every shard up to which events were
+// delivered, for WatchFrom.
+func (w *Watcher) Cursors() map[string]string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]string{}
+	for id, s := range w.shards {
+		out[id] = s.cursor
+	}
+	return out
+}
+
+// start asks for a new watch from cursors (nil: from now, or initial).
+func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial bool) error {
+	req := &pb.WatchRequest{Cursors: cursors, Initial: initial, Deliver: w.inbox}
+	if w.cfg.key {
+		req.Key = w.prefix
+	} else {
+		req.Prefix = w.prefix
+	}
+	resp := &pb.WatchResponse{}
+	if err := w.c.call(ctx, subjects.KVWatch, req, resp); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	old := w.shards
+	w.id = resp.WatchId
+	w.shards = map[string]*shardFeed{}
+	now := time.Now()
+	for id, cur := range resp.Cursors {
+		// A resumed feed first replays what changed since cursors[id]:
+		// until one of those events arrives, that is still where a
+		// further resume must start (the response's cursor is past them).
+		if c, ok := cursors[id]; ok {
+			cur = c
+		}
+		sf := &shardFeed{cursor: cur, heard: now, initial: !initial}
+		if o, ok := old[id]; ok && !initial {
+			sf.rev = o.rev
+		}
+		w.shards[id] = sf
+	}
+	return nil
+}
+
+func (w *Watcher) run(ctx context.Context) {
+	defer close(w.done)
+	defer close(w.events)
+	defer func() { _ = w.sub.Unsubscribe() }()
+	defer w.cancelCurrent()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	initialSent := !w.cfg.initial
+	for {
+		var why string
+		select {
+		case <-ctx.Done():
+			w.err = fmt.Errorf("%w: %w", ErrWatchClosed, context.Cause(ctx))
+			return
+		case why = <-w.kick:
+		case <-tick.C:
+			why = w.silent()
+		case m := <-w.msgs:
+			ev := &pb.WatchEvent{}
+			if wire.Decode(m.Data, wire.IsJSON(m.Header, m.Data), ev) != nil {
+				continue
+			}
+			var out *Event
+			out, why = w.accept(ev, &initialSent)
+			if out != nil {
+				select {
+				case w.events <- *out:
+				case <-ctx.Done():
+					continue
+				}
+				w.mu.Lock()
+				if s := w.shards[ev.Shard]; s != nil && ev.WatchId == w.id {
+					s.cursor = ev.Cursor
+				}
+				w.mu.Unlock()
+			}
+		}
+		if why == "" {
+			continue
+		}
+		if err := w.resume(ctx, why); err != nil {
+			if ctx.Err() != nil {
+				err = context.Cause(ctx)
+			}
+			w.err = fmt.Errorf("%w: %w", ErrWatchClosed, err)
+			return
+		}
+	}
+}
+
+// accept checks one event against its shard's feed: it returns the event
+// to deliver, if any, and a reason to resume when events were lost.
+func (w *Watcher) accept(ev *pb.WatchEvent, initialSent *bool) (*Event, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ev.WatchId != w.id {
+		return nil, "" // an event of a watch we left
+	}
+	s := w.shards[ev.Shard]
+	if s == nil {
+		return nil, ""
+	}
+	s.heard = time.Now()
+	if ev.Type == pb.WatchEventType_WATCH_EVENT_TYPE_HEARTBEAT {
+		if ev.Seq != s.seq {
+			return nil, fmt.Sprintf("shard %s: heartbeat says seq %d, last received %d", ev.Shard, ev.Seq, s.seq)
+		}
+		s.cursor = ev.Cursor
+		return nil, ""
+	}
+	if ev.Seq != s.seq+1 {
+		return nil, fmt.Sprintf("shard %s: gap, seq %d after %d", ev.Shard, ev.Seq, s.seq)
+	}
+	s.seq = ev.Seq
+	var t EventType
+	switch ev.Type {
+	case pb.WatchEventType_WATCH_EVENT_TYPE_CANCELLED:
+		w.cancelled.Add(1)
+		return nil, "shard " + ev.Shard + " cancelled: " + ev.Reason
+	case pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE:
+		s.initial, s.cursor = true, ev.Cursor
+		if !*initialSent {
+			for _, o := range w.shards {
+				if !o.initial {
+					return nil, ""
+				}
+			}
+			*initialSent = true
+			return &Event{Type: EventInitialDone}, ""
+		}
+		return nil, ""
+	case pb.WatchEventType_WATCH_EVENT_TYPE_PUT:
+		t = EventPut
+	case pb.WatchEventType_WATCH_EVENT_TYPE_DELETE:
+		t = EventDelete
+	case pb.WatchEventType_WATCH_EVENT_TYPE_EXPIRE:
+		t = EventExpire
+	default:
+		return nil, ""
+	}
+	if ev.Revision <= s.rev {
+		s.cursor = ev.Cursor // already delivered before a resume
+		return nil, ""
+	}
+	s.rev = ev.Revision
+	return &Event{Type: t, Key: ev.Key, Value: ev.Value, Revision: ev.Revision, Shard: ev.Shard}, ""
+}
+
+// silent names a shard whose feed has been silent too long.
+func (w *Watcher) silent() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id, s := range w.shards {
+		if d := time.Since(s.heard); d > w.cfg.silence {
+			return fmt.Sprintf("shard %s silent for %s", id, d.Round(time.Millisecond))
+		}
+	}
+	return ""
+}
+
+// resume leaves the current watch and starts a new one from the cursors of
+// what was delivered, retrying while the service is unavailable.
+func (w *Watcher) resume(ctx context.Context, why string) error {
+	w.resumes.Add(1)
+	w.cancelCurrent()
+	w.mu.Lock()
+	cursors := map[string]string{}
+	initialDone := true
+	for id, s := range w.shards {
+		cursors[id] = s.cursor
+		initialDone = initialDone && s.initial
+	}
+	w.mu.Unlock()
+	initial := false
+	if !initialDone {
+		// The snapshot was interrupted: start it over.
+		cursors, initial = nil, true
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 2*time.Second) {
+		err := w.start(ctx, cursors, initial)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ErrUnavailable) {
+			return fmt.Errorf("resuming after %s: %w", why, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// cancelCurrent tells the server to end the current watch; best effort
+// (an unreached feed ends at its keepalive timeout).
+func (w *Watcher) cancelCurrent() {
+	w.mu.Lock()
+	id := w.id
+	w.mu.Unlock()
+	if id == "" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = w.c.call(ctx, subjects.KVWatchCancel, &pb.WatchCancelRequest{WatchId: id}, &pb.WatchCancelResponse{})
+	}()
+}
+
+// keepalive keeps the watch alive and tells the server how far the reader
+// got (flow control); a watch the server lost is resumed.
+func (w *Watcher) keepalive(ctx context.Context) {
+	t := time.NewTicker(w.cfg.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		req := &pb.WatchKeepaliveRequest{WatchId: w.id, Acked: map[string]uint64{}}
+		for id, s := range w.shards {
+			req.Acked[id] = s.seq
+		}
+		w.mu.Unlock()
+		err := w.c.call(ctx, subjects.KVWatchKeepalive, req, &pb.WatchKeepaliveResponse{})
+		if errors.Is(err, apierr.ErrNotFound) {
+			w.mu.Lock()
+			same := w.id == req.WatchId
+			w.mu.Unlock()
+			if same {
+				select {
+				case w.kick <- "keepalive: " + err.Error():
+				default:
+				}
+			}
+		}
+	}
+}
