@@ -21,6 +21,9 @@ type Options struct {
 	Prefix   string
 	Shards   int // default 3
 	Replicas int // default 1; 3 on a cluster
+	// EventConn publishes watch events; nil = a second connection to the
+	// same server, closed with the suite.
+	EventConn *nats.Conn
 }
 
 // Suite is a running set of services.
@@ -51,7 +54,15 @@ func Start(ctx context.Context, nc *nats.Conn, o Options) (*Suite, error) {
 	}
 	log := slog.New(slog.NewTextHandler(discard{}, nil))
 	s := &Suite{}
-	st, err := storage.Start(ctx, nc, storage.Config{Prefix: o.Prefix, Shards: ShardIDs(o.Shards), Replicas: o.Replicas, Logger: log})
+	if o.EventConn == nil {
+		ev, err := nats.Connect(nc.ConnectedUrl(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		if err != nil {
+			return nil, fmt.Errorf("event connection: %w", err)
+		}
+		s.stops = append(s.stops, func(context.Context) error { ev.Close(); return nil })
+		o.EventConn = ev
+	}
+	st, err := storage.Start(ctx, nc, storage.Config{Prefix: o.Prefix, Shards: ShardIDs(o.Shards), Replicas: o.Replicas, EventConn: o.EventConn, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}

@@ -1,0 +1,375 @@
+package tests
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/latchkey/latchkey/client"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/telemetry"
+	"github.com/latchkey/latchkey/kit/watchspec"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/latchkey/latchkey/services/storage"
+	"github.com/latchkey/latchkey/tests/suite"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// next reads one event or fails the test after d.
+func next(t *testing.T, w *client.Watcher, d time.Duration) client.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-w.Events():
+		if !ok {
+			t.Fatalf("watch closed: %v", w.Err())
+		}
+		return ev
+	case <-time.After(d):
+		t.Fatalf("no watch event within %s", d)
+	}
+	return client.Event{}
+}
+
+// TestWatchEventsInitialAndResume walks the feed through its event types:
+// an initial snapshot then INITIAL_DONE, puts, deletes and a server TTL
+// expiry in revision order, then a resume from saved cursors that delivers
+// the latest state of every key changed meanwhile (a delete and an expiry
+// included) and nothing twice.
+func TestWatchEventsInitialAndResume(t *testing.T) {
+	e := newKVEnv(t)
+	ctx := testCtx(t)
+	r1, err := e.c.Put(ctx, "w:a", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Put(ctx, "other", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := e.c.Watch(ctx, "w:", client.WatchInitial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := next(t, w, 5*time.Second); ev.Type != client.EventPut || ev.Key != "w:a" || ev.Revision != r1 || string(ev.Value) != "1" {
+		t.Fatalf("initial event %+v, want put w:a at %d", ev, r1)
+	}
+	if ev := next(t, w, 5*time.Second); ev.Type != client.EventInitialDone {
+		t.Fatalf("got %+v, want initial_done", ev)
+	}
+	r2, _ := e.c.Put(ctx, "w:a", []byte("2"))
+	_, r3, _ := e.c.Delete(ctx, "w:a")
+	rt, _ := e.c.Put(ctx, "w:ttl", []byte("t"), client.WithTTL(time.Second))
+	_, _ = e.c.Put(ctx, "other", []byte("y")) // not matching: never delivered
+	want := []struct {
+		typ client.EventType
+		key string
+		rev uint64
+	}{{client.EventPut, "w:a", r2}, {client.EventDelete, "w:a", r3}, {client.EventPut, "w:ttl", rt}}
+	for _, wv := range want {
+		ev := next(t, w, 5*time.Second)
+		if ev.Type != wv.typ || ev.Key != wv.key || ev.Revision != wv.rev {
+			t.Fatalf("got %v %s@%d, want %v %s@%d", ev.Type, ev.Key, ev.Revision, wv.typ, wv.key, wv.rev)
+		}
+	}
+	ev := next(t, w, 5*time.Second) // the server's expiry marker, about 1-2 s later
+	if ev.Type != client.EventExpire || ev.Key != "w:ttl" || ev.Revision <= rt {
+		t.Fatalf("got %v %s@%d, want expire of w:ttl after %d", ev.Type, ev.Key, ev.Revision, rt)
+	}
+	cursors := w.Cursors()
+	w.Stop()
+	if !errors.Is(w.Err(), client.ErrWatchClosed) {
+		t.Fatalf("Err after Stop = %v, want ErrWatchClosed", w.Err())
+	}
+
+	// Changes while nobody watches: a key written twice (only its latest
+	// version must come), one deleted, one expiring.
+	_, _ = e.c.Put(ctx, "w:b", []byte("b1"))
+	rb, _ := e.c.Put(ctx, "w:b", []byte("b2"))
+	rc, _ := e.c.Put(ctx, "w:c", []byte("c"))
+	_, rcd, _ := e.c.Delete(ctx, "w:c")
+	re, _ := e.c.Put(ctx, "w:e", []byte("e"), client.WithTTL(time.Second))
+	_ = rc
+	time.Sleep(2500 * time.Millisecond) // w:e expires on the server
+	w2, err := e.c.Watch(ctx, "w:", client.WatchFrom(cursors))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Stop()
+	got := map[string]client.Event{}
+	for len(got) < 3 {
+		ev := next(t, w2, 5*time.Second)
+		if _, dup := got[ev.Key]; dup {
+			t.Fatalf("key %s delivered twice after a resume: %+v", ev.Key, ev)
+		}
+		got[ev.Key] = ev
+	}
+	if ev := got["w:b"]; ev.Type != client.EventPut || ev.Revision != rb || string(ev.Value) != "b2" {
+		t.Fatalf("w:b after resume: %+v, want put at %d", ev, rb)
+	}
+	if ev := got["w:c"]; ev.Type != client.EventDelete || ev.Revision != rcd {
+		t.Fatalf("w:c after resume: %+v, want delete at %d", ev, rcd)
+	}
+	if ev := got["w:e"]; ev.Type != client.EventExpire || ev.Revision <= re {
+		t.Fatalf("w:e after resume: %+v, want expire after %d", ev, re)
+	}
+	select {
+	case ev := <-w2.Events():
+		t.Fatalf("unexpected event after the catch-up: %+v", ev)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestWatchKeyAndRefusals: a watch of one key sees only it, and the
+// contract's refusals carry their codes and reasons.
+func TestWatchKeyAndRefusals(t *testing.T) {
+	e := newKVEnv(t)
+	ctx := testCtx(t)
+	w, err := e.c.Watch(ctx, "k", client.WatchKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	_, _ = e.c.Put(ctx, "k2", []byte("no"))
+	r, _ := e.c.Put(ctx, "k", []byte("yes"))
+	if ev := next(t, w, 5*time.Second); ev.Key != "k" || ev.Revision != r {
+		t.Fatalf("key watch got %+v", ev)
+	}
+
+	refuse := func(body string, code int, reason string) {
+		t.Helper()
+		reply, err := e.nc.Request("latchkey.kv.watch", []byte(body), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := reply.Header.Get("Nats-Service-Error-Code"); got != fmt.Sprint(code) {
+			t.Fatalf("%s: code %q (%s), want %d", body, got, reply.Data, code)
+		}
+		var eb pb.Error
+		if err := protojson.Unmarshal(reply.Data, &eb); err != nil || eb.Reason != reason {
+			t.Fatalf("%s: body %s, want reason %s", body, reply.Data, reason)
+		}
+	}
+	refuse(`{"prefix":"a","deliver":"$JS.API.STREAM.DELETE.KV_latchkey_shard_0"}`, 400, "invalid_deliver")
+	refuse(`{"prefix":"a","deliver":"latchkey.kv.put"}`, 400, "invalid_deliver")
+	refuse(`{"prefix":"a","deliver":"_INBOX.>"}`, 400, "invalid_deliver")
+	refuse(`{"prefix":"a","deliver":""}`, 400, "invalid_deliver")
+	refuse(`{"prefix":"a","key":"b","deliver":"_INBOX.x"}`, 400, "prefix_and_key")
+	refuse(`{"initial":true,"cursors":{"0":"1-1"},"deliver":"_INBOX.x"}`, 400, "initial_with_cursors")
+	refuse(`{"cursors":{"0":"nonsense"},"deliver":"_INBOX.x"}`, 400, "invalid_cursor")
+	refuse(`{"cursors":{"77":"1-1"},"deliver":"_INBOX.x"}`, 400, "unknown_shard")
+	// A cursor older than CursorMaxAge may need expiry markers the server
+	// has removed: 409. One just younger is accepted.
+	old := watchspec.FormatCursor(1, time.Now().Add(-storage.CursorMaxAge-time.Minute).UnixMilli())
+	refuse(`{"cursors":{"0":"`+old+`"},"deliver":"_INBOX.x"}`, 409, "cursor_expired")
+	young := watchspec.FormatCursor(1, time.Now().Add(-10*time.Minute).UnixMilli())
+	var resp pb.WatchResponse
+	reply, err := e.nc.Request("latchkey.kv.watch", []byte(`{"cursors":{"0":"`+young+`"},"deliver":"_INBOX.young"}`), 5*time.Second)
+	if err != nil || reply.Header.Get("Nats-Service-Error-Code") != "" {
+		t.Fatalf("10-minute-old cursor refused: %v %s", err, reply.Data)
+	}
+	if err := protojson.Unmarshal(reply.Data, &resp); err != nil || resp.WatchId == "" || len(resp.Cursors) != 3 {
+		t.Fatalf("watch response %s", reply.Data)
+	}
+	// keepalive of a gone watch is 404, cancel is always fine.
+	reply, _ = e.nc.Request("latchkey.kv.watch.keepalive", []byte(`{"watch_id":"nosuchwatch"}`), 5*time.Second)
+	if got := reply.Header.Get("Nats-Service-Error-Code"); got != "404" {
+		t.Fatalf("keepalive of an unknown watch: %q %s", got, reply.Data)
+	}
+	reply, _ = e.nc.Request("latchkey.kv.watch.keepalive", []byte(`{"watch_id":"`+resp.WatchId+`"}`), 5*time.Second)
+	if got := reply.Header.Get("Nats-Service-Error-Code"); got != "" {
+		t.Fatalf("keepalive of a live watch: %q %s", got, reply.Data)
+	}
+	reply, _ = e.nc.Request("latchkey.kv.watch.cancel", []byte(`{"watch_id":"`+resp.WatchId+`"}`), 5*time.Second)
+	if got := reply.Header.Get("Nats-Service-Error-Code"); got != "" {
+		t.Fatalf("cancel: %q %s", got, reply.Data)
+	}
+	eventually(t, 5*time.Second, func() error {
+		reply, _ = e.nc.Request("latchkey.kv.watch.keepalive", []byte(`{"watch_id":"`+resp.WatchId+`"}`), 5*time.Second)
+		if got := reply.Header.Get("Nats-Service-Error-Code"); got != "404" {
+			return fmt.Errorf("keepalive after cancel: %q", got)
+		}
+		return nil
+	})
+}
+
+// TestWatchRawJSONHeartbeatsAndKeepaliveTimeout drives the wire protocol
+// as the README's shell tour does: events in protojson on the inbox,
+// heartbeats at least every 5 s carrying seq and cursor, and a watch
+// without keepalives ends with CANCELLED keepalive_timeout.
+func TestWatchRawJSONHeartbeatsAndKeepaliveTimeout(t *testing.T) {
+	old := storage.WatchKeepalive
+	storage.WatchKeepalive = 3 * time.Second
+	t.Cleanup(func() { storage.WatchKeepalive = old })
+	e := newKVEnv(t)
+	inbox := nats.NewInbox()
+	ch := make(chan *nats.Msg, 100)
+	sub, _ := e.nc.ChanSubscribe(inbox, ch)
+	defer sub.Unsubscribe()
+	reply, err := e.nc.Request("latchkey.kv.watch", []byte(`{"prefix":"j:","deliver":"`+inbox+`"}`), 5*time.Second)
+	if err != nil || reply.Header.Get("Nats-Service-Error-Code") != "" {
+		t.Fatalf("watch: %v %s", err, reply.Data)
+	}
+	_, _ = client.New(e.nc).Put(testCtx(t), "j:1", []byte("v"))
+	var put, hb, cancelled int
+	heartbeatShards := map[string]bool{}
+	deadline := time.After(10 * time.Second)
+	for cancelled < 3 {
+		select {
+		case m := <-ch:
+			if !json.Valid(m.Data) {
+				t.Fatalf("event is not JSON: %q", m.Data)
+			}
+			var ev pb.WatchEvent
+			if err := protojson.Unmarshal(m.Data, &ev); err != nil {
+				t.Fatal(err)
+			}
+			switch ev.Type {
+			case pb.WatchEventType_WATCH_EVENT_TYPE_PUT:
+				put++
+				if ev.Seq != 1 || ev.Key != "j:1" || string(ev.Value) != "v" {
+					t.Fatalf("put event %s", m.Data)
+				}
+			case pb.WatchEventType_WATCH_EVENT_TYPE_HEARTBEAT:
+				hb++
+				heartbeatShards[ev.Shard] = true
+				if ev.Cursor == "" {
+					t.Fatalf("heartbeat without cursor: %s", m.Data)
+				}
+			case pb.WatchEventType_WATCH_EVENT_TYPE_CANCELLED:
+				cancelled++
+				if !strings.HasPrefix(ev.Reason, "keepalive_timeout") {
+					t.Fatalf("cancel reason %q", ev.Reason)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("after 10 s: %d puts, %d heartbeats, %d cancelled; want every shard cancelled for lack of keepalives", put, hb, cancelled)
+		}
+	}
+	if put != 1 || len(heartbeatShards) != 3 {
+		t.Fatalf("%d puts (want 1), heartbeats from %d shards (want 3)", put, len(heartbeatShards))
+	}
+}
+
+// TestWatchEventConnectionPermissions runs storage with its event
+// connection logged in as a user that may publish only to _INBOX.>: the
+// watch works, and that connection cannot publish to $JS.API.> (the
+// server refuses with a permissions violation).
+func TestWatchEventConnectionPermissions(t *testing.T) {
+	users, noAuth := natstest.WatchUsers("s3cret")
+	srv, err := natstest.Start(natstest.Options{StoreDir: t.TempDir(), Name: "perm", Users: users, NoAuthUser: noAuth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc := natstest.Connect(t, srv.ClientURL())
+	violations := make(chan error, 10)
+	ev := natstest.Connect(t, srv.ClientURL(), nats.UserInfo(natstest.EventsUser, "s3cret"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { violations <- err }))
+	suite.New(t, nc, suite.Options{Shards: 3, EventConn: ev})
+	c := client.New(nc)
+	ctx := testCtx(t)
+	w, err := c.Watch(ctx, "p:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	r, _ := c.Put(ctx, "p:1", []byte("x"))
+	if got := next(t, w, 5*time.Second); got.Revision != r {
+		t.Fatalf("event %+v, want revision %d", got, r)
+	}
+	if err := ev.Publish("$JS.API.STREAM.DELETE.KV_latchkey_shard_0", nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = ev.Flush()
+	select {
+	case err := <-violations:
+		if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("error %v, want a permissions violation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("publishing to $JS.API on the event connection was not refused")
+	}
+	// The stream is still there.
+	if _, err := c.Get(ctx, "p:1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWatchSlowConsumerIsCancelledAndResumes: a reader that stops reading
+// while keys change lets its acknowledged seq fall behind; the server
+// cancels its feed with reason slow_consumer instead of queueing, and once
+// the reader reads again the watcher has resumed and delivers every key's
+// final state.
+func TestWatchSlowConsumerIsCancelledAndResumes(t *testing.T) {
+	old := storage.WatchMaxUnacked
+	storage.WatchMaxUnacked = 100
+	t.Cleanup(func() { storage.WatchMaxUnacked = old })
+	e := newKVEnv(t)
+	ctx := testCtx(t)
+	before := cancelledMetric(t, "slow_consumer")
+	w, err := e.c.Watch(ctx, "s:", client.WatchKeepaliveInterval(200*time.Millisecond), client.WatchBuffer(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	final := map[string]uint64{}
+	for i := range 1500 {
+		k := fmt.Sprintf("s:%d", i%50)
+		r, err := e.c.Put(ctx, k, fmt.Appendf(nil, "%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		final[k] = r
+	}
+	time.Sleep(time.Second) // keepalives report the reader stuck
+	if got := cancelledMetric(t, "slow_consumer"); got <= before {
+		t.Fatalf("no slow_consumer cancellation (metric %v -> %v)", before, got)
+	}
+	last := map[string]uint64{}
+	deadline := time.After(15 * time.Second)
+	for done := 0; done < len(final); {
+		select {
+		case ev := <-w.Events():
+			if ev.Revision <= last[ev.Key] {
+				t.Fatalf("%s: revision %d after %d", ev.Key, ev.Revision, last[ev.Key])
+			}
+			last[ev.Key] = ev.Revision
+			if ev.Revision == final[ev.Key] {
+				done++
+			}
+		case <-deadline:
+			t.Fatalf("after reading again, %d of %d keys reached their final revision; resumes %d", done, len(final), w.Resumes())
+		}
+	}
+	if w.Resumes() == 0 {
+		t.Fatal("the watcher never resumed")
+	}
+	t.Logf("resumes %d, cancellations seen by the client %d", w.Resumes(), w.Cancellations())
+}
+
+// cancelledMetric reads latchkey_watch_cancelled_total for reason, summed
+// over shards.
+func cancelledMetric(t *testing.T, reason string) float64 {
+	t.Helper()
+	mfs, err := telemetry.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "latchkey_watch_cancelled_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
