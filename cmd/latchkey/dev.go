@@ -18,6 +18,7 @@ import (
 	"github.com/latchkey/latchkey/services/router"
 	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 )
 
 // devStopTimeout bounds the clean shutdown; past it `latchkey dev` gives up
@@ -122,7 +123,13 @@ func (d *devDeployment) start(ctx context.Context, host string, port int, dir st
 		return fmt.Errorf("data directory: %w", err)
 	}
 	d.log.Info("starting NATS with JetStream", "listen", net.JoinHostPort(host, strconv.Itoa(port)), "data", dir)
-	srv, err := natstest.Start(natstest.Options{Host: host, Port: port, StoreDir: dir, Name: "latchkey-dev", SyncAlways: syncAlways})
+	// Clients without credentials may do anything (the tour needs no
+	// login); the watch event connection logs in as a user that may
+	// publish only to _INBOX.>, with a password made up per start.
+	eventsPass := nuid.Next()
+	users, noAuth := natstest.WatchUsers(eventsPass)
+	srv, err := natstest.Start(natstest.Options{Host: host, Port: port, StoreDir: dir, Name: "latchkey-dev", SyncAlways: syncAlways,
+		Users: users, NoAuthUser: noAuth})
 	if err != nil {
 		return fmt.Errorf("starting NATS on %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
 	}
@@ -135,6 +142,12 @@ func (d *devDeployment) start(ctx context.Context, host string, port int, dir st
 	if err != nil {
 		return fmt.Errorf("connecting to the embedded NATS: %w", err)
 	}
+	events, err := nats.Connect(d.url, nats.InProcessServer(srv), nats.Name("latchkey-dev-watch-events"), nats.MaxReconnects(-1),
+		nats.UserInfo(natstest.EventsUser, eventsPass))
+	if err != nil {
+		return fmt.Errorf("connecting the watch event connection: %w", err)
+	}
+	d.stops = append(d.stops, devStop{"watch event connection", func(context.Context) error { events.Close(); return nil }})
 	prefix := global.prefix
 	ids := make([]string, shards)
 	for i := range ids {
@@ -142,7 +155,7 @@ func (d *devDeployment) start(ctx context.Context, host string, port int, dir st
 	}
 
 	d.log.Info("starting storage", "shards", shards)
-	st, err := storage.Start(ctx, d.nc, storage.Config{Prefix: prefix, Shards: ids, Replicas: 1, Logger: d.log.With("component", "storage")})
+	st, err := storage.Start(ctx, d.nc, storage.Config{Prefix: prefix, Shards: ids, Replicas: 1, EventConn: events, Logger: d.log.With("component", "storage")})
 	if err != nil {
 		return fmt.Errorf("starting storage: %w", err)
 	}

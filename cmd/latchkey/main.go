@@ -28,12 +28,13 @@ type command struct {
 
 // commands is the command table; a command lives in its own file.
 var commands = map[string]command{
-	"dev":  {"dev", "run NATS with JetStream and every latchkey service in this process", devCmd},
-	"get":  {"get", "print the value of a key", getCmd},
-	"put":  {"put", "store a value under a key", putCmd},
-	"del":  {"del", "delete a key", delCmd},
-	"scan": {"scan", "list the keys that start with a prefix, in key order", scanCmd},
-	"lock": {"lock", "acquire, renew, release, inspect a lock, or run a command under it", lockCmd},
+	"dev":   {"dev", "run NATS with JetStream and every latchkey service in this process", devCmd},
+	"get":   {"get", "print the value of a key", getCmd},
+	"put":   {"put", "store a value under a key", putCmd},
+	"del":   {"del", "delete a key", delCmd},
+	"scan":  {"scan", "list the keys that start with a prefix, in key order", scanCmd},
+	"watch": {"watch", "print every change of the keys that start with a prefix, as it happens", watchCmd},
+	"lock":  {"lock", "acquire, renew, release, inspect a lock, or run a command under it", lockCmd},
 	// bench.go; the workload engine is the bench module.
 	"bench": {"bench", "measure throughput and latency next to the raw NATS floors (and etcd, Redis)", benchCmd},
 	// check.go; the engine is the check module.
@@ -137,6 +138,7 @@ Examples:
   echo -n hello | latchkey put user:42 - --if-absent
   latchkey scan user: --all --json
   latchkey del user:42
+  latchkey watch user: --initial
 
 Exit codes:
   0  success
