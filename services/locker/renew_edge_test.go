@@ -182,3 +182,48 @@ func TestRenewRaceDoubleHoldsWithoutGuard(t *testing.T) {
 		t.Fatal("without the guard no acknowledged renewal was followed by a second holder: the race does not reach the server's expiry window")
 	}
 }
+
+// TestRenewInsideTheGuard pins what a holder sees: a renewal less than the
+// guard before its lease's server-side end is 409 renew_too_late and
+// changes nothing (the lease still ends, the lock frees); one earlier is
+// accepted.
+func TestRenewInsideTheGuard(t *testing.T) {
+	nc, l := solo(t)
+	startLocker(t, nc, 1)
+	js, _ := jetstream.New(nc)
+	expiryOf := func(token uint64) time.Time {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, "KV_"+set.LockBucket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.GetMsg(ctx, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Time.Add(time.Second)
+	}
+	tok := l.mustAcquire("late", "a", 1000)
+	end := expiryOf(tok)
+	time.Sleep(time.Until(end.Add(-locker.DefaultRenewGuard / 2)))
+	_, err := l.renew("late", tok, 0)
+	if reason(err) != "renew_too_late" {
+		t.Fatalf("renew %v before the lease ends: %v, want renew_too_late", time.Until(end), err)
+	}
+	if free := l.waitFree("late", 3*time.Second); free > 2*time.Second {
+		t.Fatalf("a refused renewal kept the lock held for %v", free)
+	}
+
+	tok = l.mustAcquire("early", "a", 1000)
+	end = expiryOf(tok)
+	time.Sleep(time.Until(end.Add(-2 * locker.DefaultRenewGuard)))
+	if _, err := l.renew("early", tok, 0); err != nil {
+		t.Fatalf("renew %v before the lease ends: %v", time.Until(end), err)
+	}
+	time.Sleep(time.Until(end.Add(300 * time.Millisecond)))
+	if g := l.get("early"); !g.Held || g.Token != tok {
+		t.Fatalf("after an accepted renewal, past the old lease: %v", g)
+	}
+}

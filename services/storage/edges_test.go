@@ -126,3 +126,68 @@ func TestUnknownTokenWithoutLocker(t *testing.T) {
 		t.Fatal("refused put wrote")
 	}
 }
+
+// TestWritesInsideTheTTLGuard pins what a caller sees when it writes a key
+// whose TTL'd value runs out less than the guard from now: the write
+// waits for the server's expiry and then applies to the absent key.
+func TestWritesInsideTheTTLGuard(t *testing.T) {
+	e := newEnv(t)
+	e.start("0")
+	js, _ := jetstream.New(e.nc)
+	stream := "KV_" + subj.ShardBucket("0")
+	expiryOf := func(rev uint64) time.Time {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.GetMsg(ctx, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Time.Add(time.Second)
+	}
+	intoGuard := func(key string) (rev uint64, expiry time.Time) {
+		rev = put(t, e.nc, &pb.PutRequest{Key: key, Value: []byte("ttl"), TtlMs: 1000})
+		expiry = expiryOf(rev)
+		time.Sleep(time.Until(expiry.Add(-storage.DefaultTTLGuard / 2)))
+		return rev, expiry
+	}
+	var presp pb.PutResponse
+	var dresp pb.DeleteResponse
+
+	rev, expiry := intoGuard("cas")
+	err := call(e.nc, "0", "put", &pb.PutRequest{Key: "cas", Value: []byte("v"), ExpectedRevision: &rev}, &presp)
+	wantCode(t, err, 409, "revision_mismatch")
+	if time.Now().Before(expiry) {
+		t.Fatalf("a CAS on a value inside the guard was answered before the value's expiry")
+	}
+
+	_, expiry = intoGuard("del")
+	if err := call(e.nc, "0", "delete", &pb.DeleteRequest{Key: "del"}, &dresp); err != nil || dresp.Deleted {
+		t.Fatalf("delete inside the guard: %v deleted=%v; want the key already expired (deleted false)", err, dresp.Deleted)
+	}
+	if time.Now().Before(expiry) {
+		t.Fatalf("a delete inside the guard was answered before the value's expiry")
+	}
+
+	_, expiry = intoGuard("put")
+	if err := call(e.nc, "0", "put", &pb.PutRequest{Key: "put", Value: []byte("kept")}, &presp); err != nil {
+		t.Fatal(err)
+	}
+	if time.Now().Before(expiry) {
+		t.Fatalf("a put inside the guard was answered before the value's expiry")
+	}
+	time.Sleep(time.Second)
+	if g := get(t, e.nc, "put", 0); !g.Found || string(g.Value) != "kept" || g.Revision != presp.Revision {
+		t.Fatalf("put inside the guard: got %v, want kept at revision %d", g, presp.Revision)
+	}
+
+	// Outside the guard nothing waits: the CAS lands on the TTL'd value.
+	rev = put(t, e.nc, &pb.PutRequest{Key: "early", Value: []byte("ttl"), TtlMs: 1000})
+	if err := call(e.nc, "0", "put", &pb.PutRequest{Key: "early", Value: []byte("v"), ExpectedRevision: &rev}, &presp); err != nil {
+		t.Fatalf("CAS well before the expiry: %v", err)
+	}
+}
