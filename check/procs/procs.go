@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/latchkey/latchkey/check"
+	"github.com/latchkey/latchkey/check/powerloss"
 	"github.com/latchkey/latchkey/client"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/subjects"
@@ -54,6 +55,9 @@ const (
 	IsolateNode      = "partition-isolate"  // Target: node cut off (routes and clients)
 	IsolateLeader    = "partition-leader"   // Target: shard; its stream leader alone in the minority
 	Bridge           = "partition-bridge"   // Target: node b; routes a-b and b-c stay, a-c is cut
+	// PowerLoss SIGKILLs every server and drops what each had not
+	// fsynced (Options.PowerLoss: stores on check/powerloss mounts).
+	PowerLoss = "power-loss"
 )
 
 // Options configures a deployment.
@@ -69,6 +73,12 @@ type Options struct {
 	Log io.Writer
 	// Faults restricts Faults() to these kinds; empty = all.
 	Faults []string
+	// PowerLoss puts every server's store on its own check/powerloss FUSE
+	// mount and adds the power-loss fault. Needs FUSE (/dev/fuse, root).
+	PowerLoss bool
+	// LieAboutSync, with PowerLoss, makes the mounts acknowledge fsyncs
+	// without keeping anything: a planted bug for the self-test.
+	LieAboutSync bool
 	// LockerUnsafe, when any switch is on, runs the locker inside this
 	// process (the real locker package, on a connection through the
 	// client proxies) with those safety checks off, because the binary
@@ -98,6 +108,9 @@ type Deployment struct {
 	direct  [nodes]*nats.Conn // straight to each server, for planted reads
 	planted *locker.Server    // the in-process locker of Options.LockerUnsafe
 	plantNC *nats.Conn
+	mounts  [nodes]*powerloss.FS
+	// LostAtPowerLoss accumulates what the power cuts dropped.
+	lost powerloss.Lost
 }
 
 // Start builds (or finds) the binaries, starts the cluster and the
@@ -235,6 +248,19 @@ func (d *Deployment) writeConfig(i, clientPort, clusterPort int) (string, error)
 	if err := os.MkdirAll(store, 0o755); err != nil {
 		return "", err
 	}
+	if d.o.PowerLoss {
+		raw := filepath.Join(d.o.Dir, "raw", fmt.Sprintf("n%d", i))
+		if err := os.MkdirAll(raw, 0o755); err != nil {
+			return "", err
+		}
+		// Write-back as Linux does it by default: what stayed dirty
+		// 30 s reached the disk anyway.
+		m, err := powerloss.Mount(raw, store, powerloss.Options{LieAboutSync: d.o.LieAboutSync, Writeback: 30 * time.Second})
+		if err != nil {
+			return "", err
+		}
+		d.mounts[i] = m
+	}
 	var routes []string
 	for j := range nodes {
 		if j != i {
@@ -314,6 +340,9 @@ func (d *Deployment) Faults() []check.Fault {
 		fs = append(fs, check.Fault{Kind: KillStorage, Target: i}, pause(check.Fault{Kind: PauseStorage, Target: i}))
 	}
 	fs = append(fs, check.Fault{Kind: KillRouter}, check.Fault{Kind: KillAllNodes})
+	if d.o.PowerLoss {
+		fs = append(fs, check.Fault{Kind: PowerLoss})
+	}
 	if len(d.svcs["locker"]) > 0 {
 		fs = append(fs, check.Fault{Kind: KillLocker})
 	}
@@ -333,14 +362,14 @@ func (d *Deployment) Faults() []check.Fault {
 
 // AllFaultKinds names every kind Faults can return, for flags.
 var AllFaultKinds = []string{KillNode, KillStreamLeader, KillAllNodes, KillStorage, KillRouter, KillLocker,
-	PauseNode, PauseStorage, IsolateNode, IsolateLeader, Bridge}
+	PauseNode, PauseStorage, IsolateNode, IsolateLeader, Bridge, PowerLoss}
 
 // Inject causes f and returns once it is in effect.
 func (d *Deployment) Inject(ctx context.Context, f check.Fault) error {
 	switch f.Kind {
 	case KillNode:
 		return d.node[f.Target%nodes].kill()
-	case KillAllNodes:
+	case KillAllNodes, PowerLoss:
 		errs := make([]error, nodes, 2*nodes)
 		var wg sync.WaitGroup
 		for i := range nodes {
@@ -351,6 +380,21 @@ func (d *Deployment) Inject(ctx context.Context, f check.Fault) error {
 		wg.Wait()
 		for i := range nodes {
 			errs = append(errs, d.node[i].kill())
+		}
+		if f.Kind == PowerLoss {
+			for i, m := range d.mounts {
+				if m == nil {
+					errs = append(errs, fmt.Errorf("power loss needs Options.PowerLoss"))
+					continue
+				}
+				lost, err := m.Cut()
+				errs = append(errs, err)
+				fmt.Fprintf(d.o.Log, "power cut n%d: dropped %d bytes not fsynced in %d file(s)\n", i, lost.Bytes, lost.Files)
+				d.mu.Lock()
+				d.lost.Bytes += lost.Bytes
+				d.lost.Files += lost.Files
+				d.mu.Unlock()
+			}
 		}
 		return errors.Join(errs...)
 	case KillStreamLeader, IsolateLeader:
@@ -390,7 +434,7 @@ func (d *Deployment) Heal(ctx context.Context, f check.Fault) error {
 	switch f.Kind {
 	case KillNode:
 		return d.restartNode(ctx, f.Target%nodes)
-	case KillAllNodes:
+	case KillAllNodes, PowerLoss:
 		var errs []error
 		for i := range nodes {
 			errs = append(errs, d.restartNode(ctx, i))
@@ -726,6 +770,11 @@ func (d *Deployment) Close() {
 			p.close()
 		}
 	}
+	for _, m := range d.mounts {
+		if m != nil {
+			_ = m.Unmount()
+		}
+	}
 	for _, p := range d.routeProxies {
 		p.close()
 	}
@@ -782,4 +831,11 @@ func (d *Deployment) PlantedLeaderGet(ctx context.Context, key string) (string, 
 		return "", 0, false, nil
 	}
 	return string(m.Data), m.Seq, true, nil
+}
+
+// Lost returns what the power cuts of this deployment dropped so far.
+func (d *Deployment) Lost() powerloss.Lost {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lost
 }

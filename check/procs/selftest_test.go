@@ -81,3 +81,49 @@ func leaderPartitions() *check.Schedule {
 	}
 	return &sched
 }
+
+// TestPowerLossSyncAlways cuts power to the whole cluster (every server
+// SIGKILLed and every write it had not fsynced dropped) with
+// sync_interval always: no acknowledged write may be lost. With
+// LATCHKEY_PROCS_SELFTEST=1 it also plants a disk that acknowledges
+// fsyncs it never performs, and the same cuts must lose acknowledged
+// writes.
+func TestPowerLossSyncAlways(t *testing.T) {
+	cases := []struct {
+		name string
+		lie  bool
+	}{{"sync always", false}, {"planted: fsync acknowledged, not done", true}}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.lie && os.Getenv("LATCHKEY_PROCS_SELFTEST") != "1" {
+				t.Skip("set LATCHKEY_PROCS_SELFTEST=1 for the planted case")
+			}
+			d := start(t, procs.Options{PowerLoss: true, SyncAlways: true, LieAboutSync: c.lie,
+				Faults: []string{procs.PowerLoss}})
+			var sched check.Schedule
+			for _, at := range []time.Duration{8 * time.Second, 24 * time.Second} {
+				sched.Events = append(sched.Events, check.Event{At: at, Hold: 2 * time.Second, Fault: check.Fault{Kind: procs.PowerLoss}})
+			}
+			rep, err := check.Run(context.Background(), check.Config{Duration: 40 * time.Second, Seed: 21,
+				Connect: d.Connect, Injector: d, Schedule: &sched, Progress: testWriter{t}, OutDir: t.TempDir()})
+			if rep != nil {
+				rep.Print(testWriter{t})
+			}
+			t.Logf("power cuts dropped %+v", d.Lost())
+			if c.lie {
+				if rep == nil || rep.Count(check.CheckDurability)+rep.Count(check.CheckLinearizable) == 0 {
+					t.Errorf("planted lying fsync: no lost write found (err %v)", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range rep.Faults {
+				if f.Err != nil {
+					t.Errorf("fault %s: %v", f.Fault, f.Err)
+				}
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/latchkey/latchkey/check"
 	"github.com/latchkey/latchkey/check/inproc"
+	"github.com/latchkey/latchkey/check/powerloss"
 	"github.com/latchkey/latchkey/check/procs"
 	"github.com/latchkey/latchkey/client"
 	"github.com/nats-io/nats.go"
@@ -50,6 +51,7 @@ See docs/CORRECTNESS.md.`)
 	faults := fs.String("faults", "", "processes: start nats-server, storage, router and locker as separate processes and inject SIGKILL, SIGSTOP and partition faults; in-process: as --in-process")
 	faultKinds := fs.String("fault-kinds", "", "with --faults processes: only these fault kinds, comma-separated ("+strings.Join(procs.AllFaultKinds, ", ")+")")
 	syncAlways := fs.Bool("sync-always", false, "with --faults processes: sync_interval always on every server")
+	powerLoss := fs.Bool("power-loss", false, "with --faults processes: put each server's store on a FUSE mount that drops what was not fsynced, and add power-loss faults (needs /dev/fuse)")
 	workDir := fs.String("work-dir", "", "with --faults processes: keep data, configs and process logs in this directory (default: a temporary one, removed)")
 	history := fs.String("history", "", "write every recorded operation to this file as JSON lines")
 	pos, err := parseArgs(fs, args)
@@ -80,6 +82,7 @@ See docs/CORRECTNESS.md.`)
 	default:
 		return usagef("--faults: want processes or in-process, not %q", *faults)
 	}
+	var lost func() powerloss.Lost
 	if *faults == "processes" {
 		dir := *workDir
 		if dir == "" {
@@ -95,7 +98,7 @@ See docs/CORRECTNESS.md.`)
 			kinds = strings.Split(*faultKinds, ",")
 		}
 		d, err := procs.Start(ctx, procs.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout,
-			SyncAlways: *syncAlways, Log: os.Stderr, Faults: kinds})
+			SyncAlways: *syncAlways, PowerLoss: *powerLoss, Log: os.Stderr, Faults: kinds})
 		if err != nil {
 			return fmt.Errorf("starting the process deployment: %w", err)
 		}
@@ -103,6 +106,9 @@ See docs/CORRECTNESS.md.`)
 		cfg.Connect = d.Connect
 		if !*noFaults {
 			cfg.Injector, cfg.PauseHolder = d, true
+		}
+		if *powerLoss {
+			lost = d.Lost
 		}
 	} else if *inProcess {
 		dir, err := os.MkdirTemp("", "latchkey-check")
@@ -140,6 +146,11 @@ See docs/CORRECTNESS.md.`)
 	rep, err := check.Run(ctx, cfg)
 	if rep != nil {
 		rep.Print(os.Stdout)
+	}
+	if lost != nil {
+		l := lost()
+		fmt.Printf("power cuts dropped %d bytes not fsynced in %d file(s) (sync_interval %s)\n", l.Bytes, l.Files,
+			map[bool]string{true: "always", false: "default, 2 min"}[*syncAlways])
 	}
 	if errors.Is(err, check.ErrViolations) {
 		return fmt.Errorf("%w (seed %d)", err, *seed)
