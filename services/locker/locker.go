@@ -26,6 +26,7 @@
 package locker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -76,6 +77,10 @@ type Config struct {
 	Prefix   string // "" = "latchkey"
 	Replicas int    // JetStream replicas of the lock bucket; 0 = 1
 	Logger   *slog.Logger
+	// ReleaseMarkerTTL is how long a release marker stays in the bucket
+	// before the server removes it; 0 = MarkerTTL. Tests shorten it to
+	// reach the instant a marker expires under an acquire.
+	ReleaseMarkerTTL time.Duration
 	// RenewGuard is how long before a lease's server-side expiry a renewal
 	// is still accepted; later ones are 409 renew_too_late, because the
 	// server's expiry marker could swallow them. 0 = DefaultRenewGuard.
@@ -92,6 +97,9 @@ type Unsafe struct {
 	// expiry, so an acknowledged renewal can be swallowed and a second
 	// holder acquire while the first believes it holds.
 	NoRenewGuard bool
+	// NoMarkerGuard lets an acquire write on a release marker however
+	// close its own expiry is, so the server's rollup can purge the acquire.
+	NoMarkerGuard bool
 }
 
 // Server is a running locker instance. Any number may run against one
@@ -105,6 +113,7 @@ type Server struct {
 	subj    string // "$KV.<bucket>." — key tokens follow
 	barrier string // "$KV.<bucket>.=sync": confirmations of reads
 	guard   time.Duration
+	markTTL time.Duration // release markers' Nats-TTL
 	unsafe  Unsafe
 	svc     *service.Service
 
@@ -148,7 +157,8 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		stream: "KV_" + bucket, subj: "$KV." + bucket + ".",
 		barrier: "$KV." + bucket + "." + jskv.BarrierToken,
 		guard:   cfg.RenewGuard, unsafe: cfg.Unsafe,
-		queues: map[string]*waitQueue{},
+		markTTL: cmp.Or(cfg.ReleaseMarkerTTL, MarkerTTL),
+		queues:  map[string]*waitQueue{},
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	ep := func(name, endpoint string, f service.Func) service.Endpoint {
@@ -296,7 +306,7 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 			}
 		}
 		markerSeq = 0
-		if s.expiring(l) {
+		if !s.unsafe.NoMarkerGuard && s.expiring(l) {
 			// A release marker that runs out now: its expiry could purge
 			// an acquire conditioned on it. Let the server replace it.
 			if err := s.awaitChange(ctx, in.Name, l); err != nil {
@@ -441,7 +451,7 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 	describe(ctx, in.Name, in.Token)
 	hdr := nats.Header{
 		jskv.HeaderKVOperation: {"DEL"},
-		jskv.HeaderTTL:         {jskv.TTLHeader(MarkerTTL.Milliseconds())},
+		jskv.HeaderTTL:         {jskv.TTLHeader(s.markTTL.Milliseconds())},
 	}
 	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
 		_, err := s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)

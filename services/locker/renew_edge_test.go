@@ -227,3 +227,158 @@ func TestRenewInsideTheGuard(t *testing.T) {
 		t.Fatalf("after an accepted renewal, past the old lease: %v", g)
 	}
 }
+
+// raceAcquiresOnMarkers acquires locks at the instant their release
+// markers expire. A release marker (a KV delete with its own Nats-TTL) is
+// not a marker to the server: when it runs out the server writes an
+// expiry marker with Nats-Rollup: sub, which can purge an acquire
+// conditioned on the release marker. Markers here live 1 s
+// (ReleaseMarkerTTL) so the test reaches that instant; the aim is the one
+// of raceRenewals. After every acknowledged acquire a second client tries
+// to acquire: it must fail while the first lease lasts.
+func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, round int) renewRace {
+	t.Helper()
+	nc := natstest.Connect(t, c.URLs())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg.Logger, cfg.ReleaseMarkerTTL = quiet, time.Second
+	s, err := locker.Start(ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop(context.Background())
+	js, _ := jetstream.New(nc)
+	w := natstest.WatchExpiries(t, js, "KV_"+set.LockBucket())
+	conns := make([]*nats.Conn, 8)
+	for i := range conns {
+		conns[i] = natstest.Connect(t, c.URLs())
+	}
+	name := func(i int) string { return fmt.Sprintf("m%d-lock%04d", round, i) }
+	client := func(i int) lk { return lk{t: t, nc: conns[i%len(conns)]} }
+	// released returns the sequence of name's release marker.
+	released := func(l lk, name string) uint64 {
+		tok := l.mustAcquire(name, "first", 60000)
+		if err := l.release(name, tok); err != nil {
+			t.Fatal(err)
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		defer ccancel()
+		m, found, err := jskv.LeaderGet(cctx, nc, "KV_"+set.LockBucket(), "$KV."+set.LockBucket()+"."+jskv.EncodeKey(name))
+		if err != nil || !found {
+			t.Fatalf("release marker of %s: %v", name, err)
+		}
+		return m.Seq
+	}
+
+	pilot := fmt.Sprintf("m%d-pilot", round)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := (lk{t: t, nc: nc}).acquire(pilot+"-warm", "w", 1000, 0); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("locker not ready: %v", err)
+		}
+	}
+	released(lk{t: t, nc: nc}, pilot)
+	time.Sleep(5 * time.Millisecond)
+	markers := make([]uint64, locks)
+	var wg sync.WaitGroup
+	for g := range 2 * len(conns) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < locks; i += 2 * len(conns) {
+				markers[i] = released(client(g), name(i))
+			}
+		}()
+	}
+	wg.Wait()
+	expiry := make([]time.Time, locks)
+	for i, seq := range markers {
+		expiry[i] = w.StoredAt(t, seq).Add(time.Second)
+	}
+	next := w.AwaitMarker(t, jskv.EncodeKey(pilot)).Add(natstest.ExpiryPass)
+
+	var (
+		mu  sync.Mutex
+		res renewRace
+	)
+	for i := range locks {
+		if !expiry[i].Before(next) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Until(next.Add(time.Duration(i%90-80) * 250 * time.Microsecond)))
+			sent := time.Now()
+			resp, err := client(i).acquire(name(i), "second", 1000, 0)
+			mu.Lock()
+			res.attempts++
+			if natstest.AbsDur(sent.Sub(expiry[i])) <= 50*time.Millisecond || natstest.AbsDur(sent.Sub(next)) <= 50*time.Millisecond {
+				res.atEdge++
+			}
+			if err == nil {
+				res.acked++
+			} else if reason(err) != "lock_held" {
+				t.Errorf("acquire %s: %v", name(i), err)
+			}
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+			holdsUntil := sent.Add(time.Duration(resp.TtlMs) * time.Millisecond)
+			for _, d := range []time.Duration{0, 50 * time.Millisecond, 2 * natstest.ExpiryPass} {
+				time.Sleep(time.Until(next.Add(d)))
+				if r, err := client(i+1).acquire(name(i), "third", 1000, 0); err == nil && time.Now().Before(holdsUntil) {
+					mu.Lock()
+					res.doubles++
+					first := res.doubles <= 3
+					mu.Unlock()
+					if first {
+						t.Logf("%s: acquire sent %v after the pass was acknowledged (token %d), yet another client acquired it (token %d)",
+							name(i), sent.Sub(next), resp.Token, r.Token)
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// TestNoSecondHolderWhenReleaseMarkerExpires: acquires at the instant a
+// release marker runs out are never purged by the server's rollup.
+func TestNoSecondHolderWhenReleaseMarkerExpires(t *testing.T) {
+	c := natstest.NewCluster(t)
+	var total renewRace
+	for round := 0; round < 20 && total.atEdge < 200; round++ {
+		r := raceAcquiresOnMarkers(t, c, locker.Config{Replicas: 3}, 100, round)
+		t.Logf("guard on, round %d: %+v", round, r)
+		total.attempts += r.attempts
+		total.acked += r.acked
+		total.atEdge += r.atEdge
+		total.doubles += r.doubles
+	}
+	if total.doubles > 0 {
+		t.Errorf("%d acknowledged acquires were followed by a second holder", total.doubles)
+	}
+	if total.atEdge < 200 || total.acked == 0 {
+		t.Errorf("the test did not reach the edge: %+v", total)
+	}
+}
+
+// TestMarkerRaceDoubleHoldsWithoutGuard: the same race with the marker
+// guard off must produce a second holder.
+func TestMarkerRaceDoubleHoldsWithoutGuard(t *testing.T) {
+	c := natstest.NewCluster(t)
+	doubles := 0
+	for round := 0; round < 20 && doubles == 0; round++ {
+		r := raceAcquiresOnMarkers(t, c, locker.Config{Replicas: 3, Unsafe: locker.Unsafe{NoMarkerGuard: true}}, 100, round)
+		t.Logf("guard off, round %d: %+v", round, r)
+		doubles += r.doubles
+	}
+	if doubles == 0 {
+		t.Fatal("without the guard no acknowledged acquire was followed by a second holder")
+	}
+}
