@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# The tree the services are built from (default: this one). Set it to a
+# clean checkout to build images while the working tree is mid-change.
+src=${LATCHKEY_BUILD_SRC:-$root}
 
 NATS_VERSION=v2.15.2
 TAG=${LATCHKEY_IMAGE_TAG:-dev}
@@ -55,7 +58,7 @@ image() {
 static() { ! ldd "$1" >/dev/null 2>&1; }
 
 for svc in router storage locker; do
-	(cd "services/$svc" && go build -trimpath -ldflags='-s -w' -o "$work/latchkey-$svc" "./cmd/latchkey-$svc")
+	(cd "$src/services/$svc" && go build -trimpath -ldflags='-s -w' -o "$work/latchkey-$svc" "./cmd/latchkey-$svc")
 	image "$svc" "$work/latchkey-$svc"
 done
 

@@ -1,12 +1,15 @@
 // Package deploy_test runs the Docker Compose deployment of
 // deploy/compose (with the offline override: images built here by
 // scripts/build-images.sh, nothing pulled) and checks it end to end through
-// the loopback-published NATS ports: key-value and lock smoke, then the
-// loss of a storage instance and of the NATS server leading a shard.
+// the loopback-published NATS ports, as the users the deployment creates:
+// anonymous access refused, every user's permission boundaries, micro
+// discovery of every instance, key-value and lock smoke, then the loss of a
+// router and a locker, of a storage instance and of the NATS server leading
+// a shard, and finally TLS turned on over the same data.
 //
-// It needs a working Docker engine and Compose (v2 plugin or v1
-// docker-compose). Without one it skips, unless CI=true, where it fails.
-// LATCHKEY_SKIP_DEPLOY=1 skips it outside CI.
+// It needs a working Docker engine and Compose v2 (the `docker compose`
+// plugin; scripts/build-compose.sh builds it). Without them it skips,
+// unless CI=true, where it fails. LATCHKEY_SKIP_DEPLOY=1 skips it outside CI.
 package deploy_test
 
 import (
@@ -41,7 +44,12 @@ type stack struct {
 	dir     string   // deploy/compose
 	env     []string // port variables
 	ports   map[string]int
+	urls    string                 // the three published NATS ports
+	creds   map[string]credentials // client, admin, ops, from `secrets print`
 }
+
+// latchkeyServices are the compose services running latchkey binaries.
+var latchkeyServices = []string{"router-1", "router-2", "storage-a", "storage-b", "locker-1", "locker-2"}
 
 func inCI() bool { return os.Getenv("CI") == "true" }
 
@@ -55,15 +63,18 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
-// composeCommand finds Compose: the docker plugin, else docker-compose.
+// composeCommand finds Compose v2, the docker plugin users type (`up
+// --wait`, service_completed_successfully). Debian's docker-compose is v1,
+// a different program, and is not used.
 func composeCommand(ctx context.Context) ([]string, error) {
-	if exec.CommandContext(ctx, "docker", "compose", "version").Run() == nil {
-		return []string{"docker", "compose"}, nil
+	out, err := exec.CommandContext(ctx, "docker", "compose", "version", "--short").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("'docker compose' (Compose v2) does not work: %v: %s (scripts/build-compose.sh builds it)", err, lastLine(out))
 	}
-	if _, err := exec.LookPath("docker-compose"); err == nil {
-		return []string{"docker-compose"}, nil
+	if v := strings.TrimPrefix(strings.TrimSpace(string(out)), "v"); !strings.HasPrefix(v, "2.") {
+		return nil, fmt.Errorf("'docker compose' is version %s, want 2.x (scripts/build-compose.sh builds it)", v)
 	}
-	return nil, errors.New("neither 'docker compose' nor docker-compose works")
+	return []string{"docker", "compose"}, nil
 }
 
 // freePorts reserves n loopback ports and releases them for Docker to bind.
@@ -120,9 +131,11 @@ func imageExists(ctx context.Context, name string) bool {
 	return exec.CommandContext(ctx, "docker", "image", "inspect", name).Run() == nil
 }
 
-// TestComposeDeployment is the deployment test: build, start, smoke, kill
-// storage-a, kill the NATS server leading shard 0, restart both, kill
-// storage-b, and always tear everything down (volumes included).
+// TestComposeDeployment is the deployment test: build, start (timing up
+// to healthy), check access control, smoke, kill a router and a locker,
+// kill storage-a, kill the NATS server leading shard 0, restart them, kill
+// storage-b, turn TLS on, and always tear everything down (volumes
+// included).
 func TestComposeDeployment(t *testing.T) {
 	if os.Getenv("LATCHKEY_SKIP_DEPLOY") == "1" && !inCI() {
 		t.Skip("LATCHKEY_SKIP_DEPLOY=1")
@@ -192,7 +205,7 @@ func TestComposeDeployment(t *testing.T) {
 			if err := os.WriteFile(path, []byte(logs), 0o644); err == nil {
 				t.Logf("all compose logs: %s", path)
 			}
-			tail, _ := s.try(cctx, "logs", "--no-color", "--tail=30", "router", "storage-a", "storage-b", "locker")
+			tail, _ := s.try(cctx, append([]string{"logs", "--no-color", "--tail=30"}, latchkeyServices...)...)
 			t.Logf("latchkey services, last lines:\n%s", tail)
 		}
 		if out, err := s.try(cctx, "down", "-v", "--remove-orphans", "--timeout", "5"); err != nil {
@@ -200,19 +213,20 @@ func TestComposeDeployment(t *testing.T) {
 		}
 	})
 
-	// NATS first, and wait for JetStream to elect its meta leader: a
-	// service asking JetStream for its bucket before that waits out its
-	// whole start timeout (60 s) before its restart tries again.
-	s.run(ctx, t, "up", "-d", "--no-build", "nats-1", "nats-2", "nats-3")
-	urls := fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d",
+	// NATS first (the one-shot secrets service runs before it), and wait
+	// for JetStream to elect its meta leader: a service asking JetStream
+	// for its bucket before that waits out its whole start timeout (60 s)
+	// before its restart tries again.
+	upStart := time.Now()
+	s.run(ctx, t, "up", "-d", "--no-build", "--wait", "--wait-timeout", "120", "nats-1", "nats-2", "nats-3")
+	s.urls = fmt.Sprintf("nats://127.0.0.1:%d,nats://127.0.0.1:%d,nats://127.0.0.1:%d",
 		s.ports["LATCHKEY_NATS_PORT_1"], s.ports["LATCHKEY_NATS_PORT_2"], s.ports["LATCHKEY_NATS_PORT_3"])
-	nc, err := nats.Connect(urls, nats.Name("deploy-test"), nats.RetryOnFailedConnect(true),
-		nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
+	s.creds = map[string]credentials{}
+	for _, u := range []string{"client", "admin", "ops"} {
+		s.creds[u] = s.secret(ctx, t, u)
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	ops := s.connect(t, "ops")
+	js, err := jetstream.New(ops.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,25 +234,30 @@ func TestComposeDeployment(t *testing.T) {
 		_, err := js.AccountInfo(ctx)
 		return err
 	})
-	t.Logf("NATS cluster up after %s", time.Since(start).Round(time.Second))
+	t.Logf("NATS cluster up after %s", time.Since(upStart).Round(time.Second))
 
-	s.run(ctx, t, "up", "-d", "--no-build")
-	c := client.New(nc, client.WithTimeout(3*time.Second))
-	waitFor(ctx, t, "first put and get through the router", 120*time.Second, func(ctx context.Context) error {
+	// Then everything, until every healthcheck passes: each service's
+	// `healthcheck` subcommand gets its own instance's micro ping answer.
+	s.run(ctx, t, "up", "-d", "--no-build", "--wait", "--wait-timeout", "180")
+	t.Logf("every service healthy %s after `up`", time.Since(upStart).Round(time.Second))
+	cl := s.connect(t, "client")
+	c := client.New(cl.nc, client.WithTimeout(3*time.Second))
+	waitFor(ctx, t, "first put and get through the router", 60*time.Second, func(ctx context.Context) error {
 		if _, err := c.Put(ctx, "deploy:ready", []byte("1")); err != nil {
 			return err
 		}
 		_, err := c.Get(ctx, "deploy:ready")
 		return err
 	})
-	waitFor(ctx, t, "locker answering", 90*time.Second, func(ctx context.Context) error {
-		_, err := c.LockInfo(ctx, "deploy:probe")
-		if errors.Is(err, client.ErrNotFound) {
-			return nil // answered: nobody holds it
-		}
-		return err
-	})
 	t.Logf("suite serving after %s", time.Since(start).Round(time.Second))
+
+	t.Run("anonymous and wrong passwords refused", func(t *testing.T) { refused(t, s) })
+	t.Run("client permissions", func(t *testing.T) { clientBoundaries(ctx, t, s, cl, c) })
+	t.Run("admin and ops permissions", func(t *testing.T) { adminOpsBoundaries(ctx, t, s, ops, js) })
+	t.Run("micro discovery through the client user", func(t *testing.T) { discovery(t, cl.nc) })
+	if t.Failed() {
+		return
+	}
 
 	written := map[string]string{} // every acknowledged write, by key
 	t.Run("smoke", func(t *testing.T) { smoke(ctx, t, c, written) })
@@ -256,6 +275,13 @@ func TestComposeDeployment(t *testing.T) {
 		})
 	}
 
+	ok := t.Run("router-1 and locker-1 killed mid-traffic", func(t *testing.T) {
+		statelessKill(ctx, t, s, cl.nc, c, written)
+	})
+	if !ok {
+		return
+	}
+
 	t.Run("storage-a killed", func(t *testing.T) {
 		w := startWriter(ctx, t, c, "load-storage-a")
 		w.waitAcks(t, 20)
@@ -267,7 +293,7 @@ func TestComposeDeployment(t *testing.T) {
 		verify(ctx, t, c, written)
 	})
 
-	ok := t.Run("NATS leader of shard 0 killed", func(t *testing.T) {
+	ok = t.Run("NATS leader of shard 0 killed", func(t *testing.T) {
 		stream := "KV_" + subjects.New("").ShardBucket("0")
 		info, err := streamInfo(ctx, js, stream)
 		if err != nil {
@@ -296,12 +322,19 @@ func TestComposeDeployment(t *testing.T) {
 		return // storage-a may not be back: the next step would only fail for that
 	}
 
-	t.Run("storage-b killed after storage-a restarted", func(t *testing.T) {
+	ok = t.Run("storage-b killed after storage-a restarted", func(t *testing.T) {
 		// storage-a came back: it alone must now serve every shard.
 		s.run(ctx, t, "kill", "storage-b")
 		retries := traffic(ctx, t, c, "after-storage-b", written)
 		t.Logf("served by restarted storage-a; %d retried requests", retries)
 		verify(ctx, t, c, written)
+	})
+	if !ok {
+		return
+	}
+
+	t.Run("TLS turned on over the same data", func(t *testing.T) {
+		tlsOn(ctx, t, s, written)
 	})
 	t.Logf("deployment test done in %s", time.Since(start).Round(time.Second))
 }
@@ -598,7 +631,7 @@ func streamInfo(ctx context.Context, js jetstream.JetStream, name string) (*jets
 // prometheusTargets waits until Prometheus scrapes router, both storage
 // instances and the locker successfully.
 func prometheusTargets(ctx context.Context, t *testing.T, port int) {
-	want := []string{"router:9101", "storage-a:9102", "storage-b:9102", "locker:9103"}
+	want := []string{"router-1:9101", "router-2:9101", "storage-a:9102", "storage-b:9102", "locker-1:9103", "locker-2:9103"}
 	waitFor(ctx, t, "every latchkey target up in Prometheus", 90*time.Second, func(ctx context.Context) error {
 		var resp struct {
 			Data struct {

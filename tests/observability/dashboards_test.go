@@ -243,7 +243,7 @@ func TestPrometheusConfigScrapesEveryService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, target := range []string{"router:9101", "storage-a:9102", "storage-b:9102", "locker:9103"} {
+	for _, target := range []string{"router-1:9101", "router-2:9101", "storage-a:9102", "storage-b:9102", "locker-1:9103", "locker-2:9103"} {
 		if !strings.Contains(string(b), `"`+target+`"`) {
 			t.Errorf("prometheus.yml does not scrape %s", target)
 		}
