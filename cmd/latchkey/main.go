@@ -130,6 +130,11 @@ Global flags (also accepted after the command name):
   --server URL     NATS server(s) to connect to (default $NATS_URL, else %s)
   --prefix P       subject prefix of the deployment (default $LATCHKEY_PREFIX, else latchkey)
   --timeout D      how long one request may take (default 5s)
+  --user U, --password P   NATS credentials (default $NATS_USER, $NATS_PASSWORD; or user:password@ in the URL)
+  --creds F        NATS credentials file (default $NATS_CREDS)
+  --tls-ca F       CA certificate for tls:// servers (default $NATS_CA)
+  --inbox-prefix I reply inbox prefix, e.g. _INBOX.client for the compose deployment's client user
+                   (default $LATCHKEY_INBOX_PREFIX)
 
 Examples:
   latchkey dev                          # in another terminal
