@@ -406,8 +406,12 @@ func statelessKill(ctx context.Context, t *testing.T, s *stack, nc *nats.Conn, c
 		}
 		return err
 	})
-	// Lock traffic on names of its own: polling the held lock's state at
-	// this rate would contend with its own renewals (see the report).
+	// Lock traffic on names of its own. Polling the held lock's state
+	// (lock.get) at this rate makes its own keep-alive renewals fail with
+	// 409 "contended" and the lease is lost, kills or not: a locker bug
+	// (each confirmed read writes a barrier conditioned on the lock's key,
+	// and renewals' conditional writes are refused while one is pending),
+	// reported, not this test's subject.
 	locks := startProber(ctx, t, "lock acquire+release", func(ctx context.Context, i int) error {
 		time.Sleep(40 * time.Millisecond)
 		ll, err := c.Acquire(ctx, fmt.Sprintf("deploy-stateless-%05d", i), client.WithLeaseTTL(5*time.Second), client.WithoutKeepAlive())
@@ -497,5 +501,38 @@ func tlsOn(ctx context.Context, t *testing.T, s *stack, written map[string]strin
 	verify(ctx, t, c, written)
 	if err := wantInstances(cn.nc); err != nil {
 		t.Error(err)
+	}
+}
+
+// watch: a watch opened as the client user gets the event of a put (the
+// events come from storage's storage_events connection to the client's
+// inbox).
+func watch(ctx context.Context, t *testing.T, c *client.Client) {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	w, err := c.Watch(wctx, "watchdeploy:")
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer w.Stop()
+	// Put until the event comes: the first put may precede the feed.
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if _, err := c.Put(ctx, "watchdeploy:a", []byte("1")); err != nil {
+				t.Fatalf("put: %v", err)
+			}
+		case ev, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("watch ended: %v", w.Err())
+			}
+			if ev.Type == client.EventPut && ev.Key == "watchdeploy:a" && string(ev.Value) == "1" {
+				return
+			}
+		case <-wctx.Done():
+			t.Fatalf("no put event within 30 s: %v", w.Err())
+		}
 	}
 }

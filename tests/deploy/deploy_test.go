@@ -264,6 +264,7 @@ func TestComposeDeployment(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	t.Run("watch through the client user", func(t *testing.T) { watch(ctx, t, c) })
 	if slices.Contains(profiles, "prometheus") {
 		t.Run("prometheus scrapes every service", func(t *testing.T) {
 			prometheusTargets(ctx, t, s.ports["LATCHKEY_PROMETHEUS_PORT"])
@@ -322,6 +323,9 @@ func TestComposeDeployment(t *testing.T) {
 		return // storage-a may not be back: the next step would only fail for that
 	}
 
+	// Before TLS re-creates the NATS containers and their logs.
+	t.Run("no permission violation by a service", func(t *testing.T) { serviceViolations(ctx, t, s) })
+
 	ok = t.Run("storage-b killed after storage-a restarted", func(t *testing.T) {
 		// storage-a came back: it alone must now serve every shard.
 		s.run(ctx, t, "kill", "storage-b")
@@ -336,6 +340,7 @@ func TestComposeDeployment(t *testing.T) {
 	t.Run("TLS turned on over the same data", func(t *testing.T) {
 		tlsOn(ctx, t, s, written)
 	})
+	t.Run("no permission violation by a service, with TLS", func(t *testing.T) { serviceViolations(ctx, t, s) })
 	t.Logf("deployment test done in %s", time.Since(start).Round(time.Second))
 }
 
@@ -701,4 +706,25 @@ func fileExists(path string) bool {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
+}
+
+// serviceViolations fails on every permission violation the NATS servers
+// logged for a service's user: the services need nothing their
+// permissions do not grant, and all the violations logged are the ones
+// this test provoked as client, admin and ops.
+func serviceViolations(ctx context.Context, t *testing.T, s *stack) {
+	logs := s.run(ctx, t, "logs", "--no-color", "nats-1", "nats-2", "nats-3")
+	n := 0
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, "Violation") {
+			continue
+		}
+		n++
+		for _, u := range []string{"user:router\"", "user:storage\"", "user:storage_events\"", "user:locker\""} {
+			if strings.Contains(line, u) {
+				t.Errorf("%s", line)
+			}
+		}
+	}
+	t.Logf("%d violations logged, none by a service's user", n)
 }
