@@ -239,6 +239,19 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 	if err := d.waitServices(ctx, 90*time.Second); err != nil {
 		return nil, err
 	}
+	if o.PowerLoss && !o.SyncAlways {
+		// With the default sync the servers write their stream metadata
+		// (meta.inf, raft state) without fsync; a cut in its first 30 s
+		// would find it still unwritten and lose the streams themselves.
+		// A deployment that has been up a while has it on disk: wait for
+		// the mounts' write-back so the cuts measure lost messages.
+		fmt.Fprintf(o.Log, "waiting 31 s for the write-back of the metadata the servers wrote without fsync\n")
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(31 * time.Second):
+		}
+	}
 	fmt.Fprintf(o.Log, "deployment ready; process logs in %s\n", filepath.Join(o.Dir, "logs"))
 	return d, nil
 }

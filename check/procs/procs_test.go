@@ -60,11 +60,15 @@ func start(t *testing.T, o procs.Options) *procs.Deployment {
 // TestProcessFaults is the CI run of `latchkey check --faults processes`:
 // separate nats-server, storage, router and locker processes, and a
 // seeded schedule of SIGKILLs (a stream leader, every server at once, each
-// service), SIGSTOP pauses, partitions through the route proxies and a
-// paused lock holder. Any violation, inconclusive check or fault that
+// service), SIGSTOP pauses, partitions through the route proxies, power
+// cuts and a paused lock holder. Any violation, inconclusive check or fault that
 // could not be injected fails it.
+//
+// The stores are on check/powerloss mounts with sync_interval always, so
+// the schedule includes whole-cluster power cuts too (no acknowledged
+// write may be lost).
 func TestProcessFaults(t *testing.T) {
-	d := start(t, procs.Options{})
+	d := start(t, procs.Options{PowerLoss: true, SyncAlways: true})
 	seed := envSeed(t, 1)
 	rep, err := check.Run(context.Background(), check.Config{
 		Duration:    envDuration(t, 100*time.Second),
