@@ -177,6 +177,23 @@ func TestWatchThroughFailures(t *testing.T) {
 			}
 		})
 	}
+	// Writes per second, to see what each fault costs.
+	var rates []string
+	go func() {
+		last := ops.Load()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Second):
+			}
+			n := ops.Load()
+			amu.Lock()
+			rates = append(rates, fmt.Sprint(n-last))
+			amu.Unlock()
+			last = n
+		}
+	}()
 	time.Sleep(4 * time.Second)
 	t.Logf("%d writes by %s; killing storage instance a", ops.Load(), time.Since(t0))
 	ncA.Close() // a crash: no goodbye, its feeds go silent
@@ -193,7 +210,10 @@ func TestWatchThroughFailures(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	close(stop)
 	writes.Wait()
-	t.Logf("writers stopped at %s: %d acknowledged writes, %d failed (503s during faults)", time.Since(t0), ops.Load(), errs.Load())
+	amu.Lock()
+	t.Logf("writers stopped at %s: %d acknowledged writes, %d failed (503s during faults); writes per second: %s",
+		time.Since(t0), ops.Load(), errs.Load(), strings.Join(rates, " "))
+	amu.Unlock()
 
 	// Final state of every key, read linearizably once TTLs have run out.
 	time.Sleep(3 * time.Second)

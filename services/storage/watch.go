@@ -513,7 +513,7 @@ func startWatchControl(nc *nats.Conn, subj subjects.Set, shards []*shard) (*watc
 
 func (wc *watchControl) handle(m *nats.Msg) {
 	toks := strings.Split(m.Subject, ".")
-	if len(toks) < 3 || m.Reply == "" {
+	if len(toks) < 3 {
 		return
 	}
 	id, op := toks[len(toks)-2], toks[len(toks)-1]
@@ -542,8 +542,8 @@ func (wc *watchControl) handle(m *nats.Msg) {
 	default:
 		return
 	}
-	if len(served) == 0 {
-		return // another instance may serve it; the router counts shards
+	if len(served) == 0 || m.Reply == "" {
+		return // another instance may serve it (the router counts shards), or nobody asked for an answer
 	}
 	data, _ := codec.Encode(&pb.ShardWatchKeepaliveResponse{Shards: served}, asJSON)
 	_ = wc.nc.Publish(m.Reply, data)
