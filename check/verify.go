@@ -189,8 +189,11 @@ func (r *run) checkLinearizable(ops []Op, rep *Report) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
+	// One budget for all keys, not CheckTimeout each: a long faulty run
+	// otherwise spends up to keys x CheckTimeout naming them (16 min seen).
+	perKey := max(5*time.Second, r.cfg.CheckTimeout/time.Duration(max(len(keys), 1)))
 	for _, k := range keys {
-		if porcupine.CheckOperationsTimeout(model, byKey[k], r.cfg.CheckTimeout) == porcupine.Illegal {
+		if porcupine.CheckOperationsTimeout(model, byKey[k], perKey) == porcupine.Illegal {
 			bad = append(bad, k)
 		}
 	}

@@ -100,8 +100,15 @@ func TestPowerLossSyncAlways(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := start(t, procs.Options{PowerLoss: true, SyncAlways: true, LieAboutSync: c.lie,
 				Faults: []string{procs.PowerLoss}})
+			// One cut for the lying disk: the metadata the servers write
+			// while recovering is lost by a second cut too, and then no
+			// server starts at all (a louder catch, but not a lost write).
+			cuts := []time.Duration{8 * time.Second, 24 * time.Second}
+			if c.lie {
+				cuts = cuts[:1]
+			}
 			var sched check.Schedule
-			for _, at := range []time.Duration{8 * time.Second, 24 * time.Second} {
+			for _, at := range cuts {
 				sched.Events = append(sched.Events, check.Event{At: at, Hold: 2 * time.Second, Fault: check.Fault{Kind: procs.PowerLoss}})
 			}
 			rep, err := check.Run(context.Background(), check.Config{Duration: 40 * time.Second, Seed: 21,
