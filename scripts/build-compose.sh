@@ -4,7 +4,8 @@
 # (~/.docker/cli-plugins/docker-compose). Debian ships only Compose v1.29, a
 # different program; no registry or release download is reachable here.
 # `go install` refuses the module (it has exclude directives), so this builds
-# a writable copy of it: ~2-4 min on 2 cores the first time, then reused.
+# a writable copy of it: ~7 min on 2 cores the first time (module downloads
+# included; ~2 min from a warm module cache), then reused.
 # Prints the binary's path on its last line.
 set -euo pipefail
 version="${COMPOSE_VERSION:-v2.40.3}"
