@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,11 +25,12 @@ deletes, scans, lock sessions with fenced writes) against the deployment at
 --server, records every operation, and checks linearizability (porcupine),
 stale reads, scans, lock safety, fencing and durability. With --in-process it
 starts its own 3-node NATS cluster and the services instead, and injects
-faults on a schedule reproducible with --seed. With --faults processes it
-builds nats-server (cached under ~/.cache/latchkey/bin) and the service
-binaries, runs them as separate processes, and injects SIGKILLs, SIGSTOP
-pauses and network partitions (route and client proxies). --edges adds workloads aimed
-at TTL instants and fence bounds (ttl: writes at the instant a key's TTL
+faults on a schedule reproducible with --seed. With --faults processes
+(run from inside the clone) it builds nats-server (cached under
+~/.cache/latchkey/bin) and the service binaries, runs them as separate
+processes, and injects SIGKILLs, SIGSTOP pauses, network partitions (route
+and client proxies) and, with --power-loss, power cuts. --edges adds
+workloads aimed at TTL instants and fence bounds (ttl: writes at the instant a key's TTL
 runs out; renew: renewals at a lease's end with a contender right after;
 fence-ttl: fences next to TTLs; fences: keys fenced by many locks; or all).
 Progress goes to stderr, the summary to stdout; the exit code is 1 when a
@@ -95,7 +97,15 @@ See docs/CORRECTNESS.md.`)
 		}
 		var kinds []string
 		if *faultKinds != "" {
-			kinds = strings.Split(*faultKinds, ",")
+			for _, k := range strings.Split(*faultKinds, ",") {
+				if !slices.Contains(procs.AllFaultKinds, k) {
+					return usagef("--fault-kinds: no fault kind %q (want %s)", k, strings.Join(procs.AllFaultKinds, ", "))
+				}
+				if k == procs.PowerLoss && !*powerLoss {
+					return usagef("--fault-kinds power-loss needs --power-loss")
+				}
+				kinds = append(kinds, k)
+			}
 		}
 		d, err := procs.Start(ctx, procs.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout,
 			SyncAlways: *syncAlways, PowerLoss: *powerLoss, Log: os.Stderr, Faults: kinds})
