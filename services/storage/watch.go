@@ -254,7 +254,9 @@ func (f *feed) run() {
 		h.mu.Unlock()
 		watchFeeds.WithLabelValues(f.shard).Dec()
 	}()
-	tick := time.NewTicker(WatchHeartbeat / 4)
+	// Half the heartbeat interval: heartbeats leave 2-3 s after the last
+	// event (the contract allows 5 s) at two wake-ups a second per idle feed.
+	tick := time.NewTicker(WatchHeartbeat / 2)
 	defer tick.Stop()
 	last := time.Now()
 	for {
