@@ -502,6 +502,9 @@ func tlsOn(ctx context.Context, t *testing.T, s *stack, written map[string]strin
 	if err := wantInstances(cn.nc); err != nil {
 		t.Error(err)
 	}
+	t.Run("client password rotated", func(t *testing.T) {
+		rotate(ctx, t, s, urls, nats.RootCAs(filepath.Join(dir, "ca.pem")))
+	})
 }
 
 // watch: a watch opened as the client user gets the event of a put (the
@@ -534,5 +537,124 @@ func watch(ctx context.Context, t *testing.T, c *client.Client) {
 		case <-wctx.Done():
 			t.Fatalf("no put event within 30 s: %v", w.Err())
 		}
+	}
+}
+
+// dashboardQueries returns every Prometheus query of the compose
+// deployment's Grafana dashboards, with Grafana's interval variables
+// filled for its 5 s scrapes.
+func dashboardQueries(t *testing.T) map[string]string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), "deploy", "compose", "grafana", "dashboards", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no dashboards: %v", err)
+	}
+	type ds struct{ Type string }
+	out := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			Panels []struct {
+				Title      string
+				Datasource *ds
+				Targets    []struct {
+					RefID      string `json:"refId"`
+					Expr       string
+					Datasource *ds
+				}
+			}
+		}
+		if err := json.Unmarshal(b, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				ref := p.Datasource
+				if tg.Datasource != nil {
+					ref = tg.Datasource
+				}
+				if ref == nil || ref.Type != "prometheus" || tg.Expr == "" {
+					continue
+				}
+				expr := strings.NewReplacer("$__rate_interval", "30s", "$__interval", "5s", "$__range", "5m").Replace(tg.Expr)
+				out[filepath.Base(f)+" / "+p.Title+" / "+tg.RefID] = expr
+			}
+		}
+	}
+	return out
+}
+
+// panelQueries evaluates every dashboard panel query with promtool against
+// the deployment's own Prometheus (what Grafana would ask): none may fail,
+// the targets panel must show all six services up, and it reports how many
+// returned data after the traffic and faults so far.
+func panelQueries(ctx context.Context, t *testing.T, port int) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		skipOrFail(t, "no promtool (apt-get install prometheus)")
+	}
+	server := fmt.Sprintf("http://127.0.0.1:%d", port)
+	queries := dashboardQueries(t)
+	withData := 0
+	for where, expr := range queries {
+		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := exec.CommandContext(qctx, promtool, "query", "instant", "-o", "json", server, expr).CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Errorf("%s: %s: %v: %s", where, expr, err, out)
+			continue
+		}
+		var r []struct {
+			Metric map[string]string `json:"metric"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			t.Errorf("%s: %s: not a vector: %s", where, expr, out)
+			continue
+		}
+		if len(r) > 0 {
+			withData++
+		}
+	}
+	t.Logf("%d dashboard queries evaluated by promtool against the deployment's Prometheus, %d with data", len(queries), withData)
+	// Restarted instances are up again within a few scrapes.
+	waitFor(ctx, t, "six latchkey targets up", 60*time.Second, func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, promtool, "query", "instant", "-o", "json", server, `up{job=~"latchkey.*"} == 1`).CombinedOutput()
+		var up []struct{}
+		if err != nil || json.Unmarshal(out, &up) != nil || len(up) != 6 {
+			return fmt.Errorf("up{job=~\"latchkey.*\"} == 1: %d series, want 6 (%v: %s)", len(up), err, out)
+		}
+		return nil
+	})
+}
+
+// rotate follows the documented rotation of the client's password:
+// `secrets rotate client`, a configuration reload (SIGHUP) of the three
+// servers; the old password is refused from then on, the new one works.
+func rotate(ctx context.Context, t *testing.T, s *stack, urls string, extra ...nats.Option) {
+	old := s.creds["client"]
+	s.run(ctx, t, "run", "--rm", "--no-deps", "secrets", "rotate", "client")
+	s.run(ctx, t, "kill", "-s", "HUP", "nats-1", "nats-2", "nats-3")
+	s.creds["client"] = s.secret(ctx, t, "client")
+	if s.creds["client"].password == old.password {
+		t.Fatal("rotate kept the client's password")
+	}
+	waitFor(ctx, t, "the old client password refused", 30*time.Second, func(context.Context) error {
+		nc, err := nats.Connect(urls, append([]nats.Option{nats.UserInfo("client", old.password), nats.MaxReconnects(0)}, extra...)...)
+		if err == nil {
+			nc.Close()
+			return errors.New("the old password still connects")
+		}
+		return nil
+	})
+	cn, err := s.dial(urls, "client", extra...)
+	if err != nil {
+		t.Fatalf("connect with the new password: %v", err)
+	}
+	defer cn.nc.Close()
+	if _, err := client.New(cn.nc, client.WithTimeout(3*time.Second)).Get(ctx, "deploy:tls"); err != nil {
+		t.Errorf("get with the new password: %v", err)
 	}
 }

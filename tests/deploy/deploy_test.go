@@ -323,6 +323,11 @@ func TestComposeDeployment(t *testing.T) {
 		return // storage-a may not be back: the next step would only fail for that
 	}
 
+	if slices.Contains(profiles, "prometheus") {
+		t.Run("every dashboard query against the deployment's Prometheus", func(t *testing.T) {
+			panelQueries(ctx, t, s.ports["LATCHKEY_PROMETHEUS_PORT"])
+		})
+	}
 	// Before TLS re-creates the NATS containers and their logs.
 	t.Run("no permission violation by a service", func(t *testing.T) { serviceViolations(ctx, t, s) })
 
