@@ -373,3 +373,37 @@ func cancelledMetric(t *testing.T, reason string) float64 {
 	}
 	return sum
 }
+
+// TestWatchInitialLargerThanTheQueueBound: an initial snapshot (or a
+// resume's catch-up) of more keys than a feed may queue is not a slow
+// consumer: it shares the view's memory and is exempt from the bound
+// until drained, so a big prefix can be watched with initial.
+func TestWatchInitialLargerThanTheQueueBound(t *testing.T) {
+	old := storage.WatchMaxQueue
+	storage.WatchMaxQueue = 20
+	t.Cleanup(func() { storage.WatchMaxQueue = old })
+	e := newKVEnv(t)
+	ctx := testCtx(t)
+	const n = 300
+	for i := range n {
+		if _, err := e.c.Put(ctx, fmt.Sprintf("big:%03d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := e.c.Watch(ctx, "big:", client.WatchInitial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	seen := map[string]bool{}
+	for {
+		ev := next(t, w, 10*time.Second)
+		if ev.Type == client.EventInitialDone {
+			break
+		}
+		seen[ev.Key] = true
+	}
+	if len(seen) != n || w.Resumes() != 0 {
+		t.Fatalf("initial snapshot: %d of %d keys, %d resumes (want none)", len(seen), n, w.Resumes())
+	}
+}

@@ -154,9 +154,16 @@ type feed struct {
 	json        bool
 	hub         *watchHub
 
-	mu        sync.Mutex
-	queue     []queued
-	qbytes    int
+	mu     sync.Mutex
+	queue  []queued
+	qbytes int
+	// allowance lets the start's replay (initial snapshot or catch-up)
+	// exceed the queue bound until it is drained: its events share the
+	// view's memory, and bounding it would cancel every watch of a prefix
+	// with more keys than the bound. replayEnd is its last seq; the ack
+	// window counts from there.
+	allowance int
+	replayEnd uint64
 	seq       uint64 // last seq assigned
 	acked     uint64
 	hasAcked  bool
@@ -192,12 +199,36 @@ func (f *feed) enqueue(ev *pb.WatchEvent, ts time.Time) {
 	f.queue = append(f.queue, queued{ev: ev, ts: ts})
 	f.qbytes += len(ev.Key) + len(ev.Value) + 64
 	switch {
-	case len(f.queue) > WatchMaxQueue || f.qbytes > WatchMaxQueueBytes:
+	case len(f.queue) > WatchMaxQueue+f.allowance || f.qbytes > WatchMaxQueueBytes:
 		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events (%d bytes) queued for publishing", len(f.queue), f.qbytes))
-	case f.hasAcked && f.seq-f.acked > WatchMaxUnacked:
-		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events sent past the last acknowledged seq %d", f.seq-f.acked, f.acked))
+	default:
+		f.checkAckedLocked()
 	}
 	f.signal()
+}
+
+// replay queues an event of the start's snapshot or catch-up, outside the
+// queue's bounds (see allowance).
+func (f *feed) replay(ev *pb.WatchEvent) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seq++
+	ev.WatchId, ev.Shard, ev.Seq = f.id, f.shard, f.seq
+	f.queue = append(f.queue, queued{ev: ev})
+	f.allowance++
+	f.replayEnd = f.seq
+}
+
+// checkAckedLocked ends a feed that runs too far ahead of what its client
+// acknowledged, counting from the end of the replay.
+func (f *feed) checkAckedLocked() {
+	if !f.hasAcked || f.ending != "" {
+		return
+	}
+	from := max(f.acked, f.replayEnd)
+	if f.seq > from && f.seq-from > WatchMaxUnacked {
+		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events sent past the last acknowledged seq %d", f.seq-f.acked, f.acked))
+	}
 }
 
 func (f *feed) signal() {
@@ -237,9 +268,7 @@ func (f *feed) touch(acked uint64, hasAck bool) {
 	if hasAck && acked > f.acked {
 		f.acked, f.hasAcked = acked, true
 	}
-	if f.hasAcked && f.ending == "" && f.seq > f.acked && f.seq-f.acked > WatchMaxUnacked {
-		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events sent past the last acknowledged seq %d", f.seq-f.acked, f.acked))
-	}
+	f.checkAckedLocked()
 }
 
 // run publishes the feed's events and its heartbeats until it ends.
@@ -266,7 +295,7 @@ func (f *feed) run() {
 		}
 		f.mu.Lock()
 		batch := f.queue
-		f.queue, f.qbytes = nil, 0
+		f.queue, f.qbytes, f.allowance = nil, 0, 0
 		f.inflight = len(batch) > 0
 		ending := f.ending
 		idle := time.Since(f.keepalive)
@@ -386,10 +415,10 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 	switch {
 	case r.Initial:
 		for _, e := range sh.view.changedSince(f, 0, true) {
-			f.enqueue(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_PUT, Key: string(e.key()), Value: e.value(),
-				Revision: e.seq, Cursor: watchspec.FormatCursor(e.seq, h.posTime)}, time.Time{})
+			f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_PUT, Key: string(e.key()), Value: e.value(),
+				Revision: e.seq, Cursor: watchspec.FormatCursor(e.seq, h.posTime)})
 		}
-		f.enqueue(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE, Cursor: h.cursorLocked()}, time.Time{})
+		f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE, Cursor: h.cursorLocked()})
 	case r.Cursor != "":
 		_, ms, _ := watchspec.ParseCursor(r.Cursor)
 		for _, e := range sh.view.changedSince(f, from, false) {
@@ -402,7 +431,7 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 			default:
 				ev.Type = pb.WatchEventType_WATCH_EVENT_TYPE_DELETE
 			}
-			f.enqueue(ev, time.Time{})
+			f.replay(ev)
 		}
 	}
 	h.feeds[f.id] = f
