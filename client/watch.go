@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,8 +74,9 @@ type watchConfig struct {
 func WatchKey() WatchOption { return func(c *watchConfig) { c.key = true } }
 
 // WatchInitial delivers every matching key's current value first, then one
-// EventInitialDone. If the snapshot is interrupted, it starts over (keys
-// may then repeat before EventInitialDone).
+// EventInitialDone. An interrupted snapshot continues where it stopped;
+// before EventInitialDone it may then also bring deletes of keys it never
+// showed.
 func WatchInitial() WatchOption { return func(c *watchConfig) { c.initial = true } }
 
 // WatchFrom resumes from cursors saved from Watcher.Cursors.
@@ -156,7 +158,7 @@ func (c *Client) Watch(ctx context.Context, prefix string, opts ...WatchOption) 
 	// noticed and the feed resumed, so the buffer bounds memory.
 	_ = sub.SetPendingLimits(cfg.buffer, 64<<20)
 	w.sub = sub
-	if err := w.start(ctx, cfg.cursors, cfg.initial); err != nil {
+	if err := w.start(ctx, cfg.cursors, cfg.initial, false); err != nil {
 		cancel()
 		_ = sub.Unsubscribe()
 		return nil, err
@@ -205,9 +207,10 @@ func (w *Watcher) Cursors() map[string]string {
 	return out
 }
 
-// start asks for a new watch from cursors (nil: from now, or initial).
-func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial bool) error {
-	req := &pb.WatchRequest{Cursors: cursors, Initial: initial, Deliver: w.inbox}
+// start asks for a new watch from cursors (nil: from now, or initial);
+// catchUpDone continues an interrupted initial snapshot.
+func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial, catchUpDone bool) error {
+	req := &pb.WatchRequest{Cursors: cursors, Initial: initial, Deliver: w.inbox, CatchUpDone: catchUpDone}
 	if w.cfg.key {
 		req.Key = w.prefix
 	} else {
@@ -227,12 +230,16 @@ func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial 
 		// A resumed feed first replays what changed since cursors[id]:
 		// until one of those events arrives, that is still where a
 		// further resume must start (the response's cursor is past them).
+		// An initial snapshot replays from the stream's start.
 		if c, ok := cursors[id]; ok {
 			cur = c
+		} else if initial {
+			cur = "0-" + strconv.FormatInt(now.UnixMilli(), 10)
 		}
-		sf := &shardFeed{cursor: cur, heard: now, initial: !initial}
-		if o, ok := old[id]; ok && !initial {
+		sf := &shardFeed{cursor: cur, heard: now, initial: !initial && !catchUpDone}
+		if o, ok := old[id]; ok {
 			sf.rev = o.rev
+			sf.initial = sf.initial || o.initial
 		}
 		w.shards[id] = sf
 	}
@@ -372,13 +379,12 @@ func (w *Watcher) resume(ctx context.Context, why string) error {
 		initialDone = initialDone && s.initial
 	}
 	w.mu.Unlock()
-	initial := false
-	if !initialDone {
-		// The snapshot was interrupted: start it over.
-		cursors, initial = nil, true
-	}
+	// An interrupted snapshot continues from each shard's cursor (a
+	// snapshot event's cursor is its revision, and the snapshot is sorted
+	// by revision), ending with INITIAL_DONE again.
+	catchUpDone := !initialDone
 	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 2*time.Second) {
-		err := w.start(ctx, cursors, initial)
+		err := w.start(ctx, cursors, false, catchUpDone)
 		if err == nil {
 			return nil
 		}

@@ -92,7 +92,7 @@ func (s *Server) watch(ctx context.Context, r *service.Request) (proto.Message, 
 	)
 	for _, sid := range shards {
 		req := &pb.ShardWatchRequest{WatchId: id, Prefix: in.Prefix, Key: in.Key, Cursor: in.Cursors[sid],
-			Initial: in.Initial, Deliver: in.Deliver, Json: r.JSON}
+			Initial: in.Initial, Deliver: in.Deliver, Json: r.JSON, CatchUpDone: in.CatchUpDone}
 		wg.Go(func() {
 			resp := &pb.ShardWatchResponse{}
 			err := s.call(ctx, sid, watchspec.OpWatch, req, resp)

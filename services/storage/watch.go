@@ -434,6 +434,9 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 			f.replay(ev)
 		}
 	}
+	if r.CatchUpDone && !r.Initial {
+		f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE, Cursor: h.cursorLocked()})
+	}
 	h.feeds[f.id] = f
 	watchFeeds.WithLabelValues(sh.id).Inc()
 	go f.run()

@@ -103,7 +103,11 @@ type WatchRequest struct {
 	// First every matching key's current value, then INITIAL_DONE per shard.
 	Initial bool `protobuf:"varint,4,opt,name=initial,proto3" json:"initial,omitempty"`
 	// Where events go: a subject under _INBOX.
-	Deliver       string `protobuf:"bytes,5,opt,name=deliver,proto3" json:"deliver,omitempty"`
+	Deliver string `protobuf:"bytes,5,opt,name=deliver,proto3" json:"deliver,omitempty"`
+	// With cursors: end each shard's catch-up with INITIAL_DONE. A client
+	// whose initial snapshot was interrupted resumes it this way instead of
+	// starting over.
+	CatchUpDone   bool `protobuf:"varint,6,opt,name=catch_up_done,json=catchUpDone,proto3" json:"catch_up_done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -171,6 +175,13 @@ func (x *WatchRequest) GetDeliver() string {
 		return x.Deliver
 	}
 	return ""
+}
+
+func (x *WatchRequest) GetCatchUpDone() bool {
+	if x != nil {
+		return x.CatchUpDone
+	}
+	return false
 }
 
 // WatchResponse answers latchkey.kv.watch.
@@ -529,7 +540,9 @@ type ShardWatchRequest struct {
 	Initial bool   `protobuf:"varint,5,opt,name=initial,proto3" json:"initial,omitempty"`
 	Deliver string `protobuf:"bytes,6,opt,name=deliver,proto3" json:"deliver,omitempty"`
 	// Encode events as protojson (the watch request was JSON).
-	Json          bool `protobuf:"varint,7,opt,name=json,proto3" json:"json,omitempty"`
+	Json bool `protobuf:"varint,7,opt,name=json,proto3" json:"json,omitempty"`
+	// End the catch-up from cursor with INITIAL_DONE.
+	CatchUpDone   bool `protobuf:"varint,8,opt,name=catch_up_done,json=catchUpDone,proto3" json:"catch_up_done,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -609,6 +622,13 @@ func (x *ShardWatchRequest) GetDeliver() string {
 func (x *ShardWatchRequest) GetJson() bool {
 	if x != nil {
 		return x.Json
+	}
+	return false
+}
+
+func (x *ShardWatchRequest) GetCatchUpDone() bool {
+	if x != nil {
+		return x.CatchUpDone
 	}
 	return false
 }
@@ -710,13 +730,14 @@ var File_latchkey_v1_watch_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_watch_proto_rawDesc = "" +
 	"\n" +
-	"\x17latchkey/v1/watch.proto\x12\vlatchkey.v1\"\xea\x01\n" +
+	"\x17latchkey/v1/watch.proto\x12\vlatchkey.v1\"\x8e\x02\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12@\n" +
 	"\acursors\x18\x03 \x03(\v2&.latchkey.v1.WatchRequest.CursorsEntryR\acursors\x12\x18\n" +
 	"\ainitial\x18\x04 \x01(\bR\ainitial\x12\x18\n" +
-	"\adeliver\x18\x05 \x01(\tR\adeliver\x1a:\n" +
+	"\adeliver\x18\x05 \x01(\tR\adeliver\x12\"\n" +
+	"\rcatch_up_done\x18\x06 \x01(\bR\vcatchUpDone\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x01\n" +
@@ -747,7 +768,7 @@ const file_latchkey_v1_watch_proto_rawDesc = "" +
 	"\x05value\x18\x06 \x01(\fR\x05value\x12\x1a\n" +
 	"\brevision\x18\a \x01(\x04R\brevision\x12\x16\n" +
 	"\x06cursor\x18\b \x01(\tR\x06cursor\x12\x16\n" +
-	"\x06reason\x18\t \x01(\tR\x06reason\"\xb8\x01\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\"\xdc\x01\n" +
 	"\x11ShardWatchRequest\x12\x19\n" +
 	"\bwatch_id\x18\x01 \x01(\tR\awatchId\x12\x16\n" +
 	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x10\n" +
@@ -755,7 +776,8 @@ const file_latchkey_v1_watch_proto_rawDesc = "" +
 	"\x06cursor\x18\x04 \x01(\tR\x06cursor\x12\x18\n" +
 	"\ainitial\x18\x05 \x01(\bR\ainitial\x12\x18\n" +
 	"\adeliver\x18\x06 \x01(\tR\adeliver\x12\x12\n" +
-	"\x04json\x18\a \x01(\bR\x04json\",\n" +
+	"\x04json\x18\a \x01(\bR\x04json\x12\"\n" +
+	"\rcatch_up_done\x18\b \x01(\bR\vcatchUpDone\",\n" +
 	"\x12ShardWatchResponse\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\"5\n" +
 	"\x1bShardWatchKeepaliveResponse\x12\x16\n" +
