@@ -49,6 +49,11 @@ func TestWatchThroughFailures(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster test")
 	}
+	// A small ack window, so that the slow watcher is also cut off by the
+	// server (slow_consumer), not only by its own dropped messages.
+	oldWindow := storage.WatchMaxUnacked
+	storage.WatchMaxUnacked = 200
+	t.Cleanup(func() { storage.WatchMaxUnacked = oldWindow })
 	t0 := time.Now()
 	c := natstest.NewCluster(t)
 	urls := c.URLs()
@@ -75,6 +80,7 @@ func TestWatchThroughFailures(t *testing.T) {
 	t.Cleanup(func() { _ = rt.Stop(context.Background()) })
 	t.Logf("cluster and services up in %s", time.Since(t0))
 
+	slowBefore := cancelledMetric(t, "slow_consumer")
 	prefixes := []string{"", "a", "b", "c", "d", "a0", "a1", "b2", "c0", "d1", "a0-1", "b"}
 	const watchers = 24
 	logs := make([]*watchLog, 0, watchers+1)
@@ -104,7 +110,7 @@ func TestWatchThroughFailures(t *testing.T) {
 				l.events[ev.Key] = append(l.events[ev.Key], ev)
 				l.mu.Unlock()
 				if slow {
-					time.Sleep(3 * time.Millisecond)
+					time.Sleep(5 * time.Millisecond)
 				}
 			}
 		})
@@ -120,7 +126,7 @@ func TestWatchThroughFailures(t *testing.T) {
 		startWatcher(l, opts, false)
 	}
 	slow := &watchLog{prefix: "", events: map[string][]client.Event{}}
-	startWatcher(slow, []client.WatchOption{silence, client.WatchBuffer(32)}, true)
+	startWatcher(slow, []client.WatchOption{silence, client.WatchBuffer(256), client.WatchKeepaliveInterval(300 * time.Millisecond)}, true)
 	t.Logf("%d watchers up at %s", len(ws), time.Since(t0))
 
 	// Writers: acked[key] is the highest acknowledged revision.
@@ -295,6 +301,7 @@ func TestWatchThroughFailures(t *testing.T) {
 	if sw.Resumes() == 0 {
 		t.Errorf("the slow watcher never fell behind (no resume): the test did not exercise it")
 	}
+	t.Logf("server-side slow_consumer cancellations in this process: %v", cancelledMetric(t, "slow_consumer")-slowBefore)
 	for _, w := range ws {
 		w.Stop()
 	}
