@@ -201,7 +201,7 @@ func TestWatchKeyAndRefusals(t *testing.T) {
 // without keepalives ends with CANCELLED keepalive_timeout.
 func TestWatchRawJSONHeartbeatsAndKeepaliveTimeout(t *testing.T) {
 	old := storage.WatchKeepalive
-	storage.WatchKeepalive = 3 * time.Second
+	storage.WatchKeepalive = 5 * time.Second // past the first heartbeats (2-3 s)
 	t.Cleanup(func() { storage.WatchKeepalive = old })
 	e := newKVEnv(t)
 	inbox := nats.NewInbox()
