@@ -16,9 +16,14 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// doneSlack is how long after Expires a closed Done may be observed: timer
-// and goroutine scheduling on a busy 2-core box, not a renewal's timeout.
-const doneSlack = 150 * time.Millisecond
+// leaseTTL is the lease of these tests and doneSlack how long after
+// Expires a closed Done may be observed: timer and goroutine scheduling on
+// a busy 2-core box (266 ms seen under a load of 27), not a renewal's
+// timeout. The bug this guards against was up to leaseTTL/3 (2 s) late.
+const (
+	leaseTTL  = 6 * time.Second
+	doneSlack = 700 * time.Millisecond
+)
 
 // renewGate relays the lock endpoints from prefix "held" to the real
 // locker under "latchkey", and can swallow renewals: they then stay in
@@ -82,7 +87,7 @@ func startLocker(t *testing.T, nc *nats.Conn) *locker.Server {
 func waitRenewed(t *testing.T, l *client.Lock) {
 	t.Helper()
 	first := l.Expires()
-	eventually(t, 5*time.Second, func() error {
+	eventually(t, leaseTTL, func() error {
 		if !l.Expires().After(first) {
 			return errors.New("no renewal yet")
 		}
@@ -115,14 +120,14 @@ func TestLockDoneAtLeaseEndWhileRenewalHangs(t *testing.T) {
 	ctx := testCtx(t)
 
 	holder := client.New(natstest.Connect(t, srv.ClientURL()), client.WithPrefix("held"))
-	l, err := holder.Acquire(ctx, "hang", client.WithOwner("holder"), client.WithLeaseTTL(2*time.Second))
+	l, err := holder.Acquire(ctx, "hang", client.WithOwner("holder"), client.WithLeaseTTL(leaseTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitRenewed(t, l)
 	gate.hole.Store(true)
 
-	doneAt := waitDone(t, l, 5*time.Second)
+	doneAt := waitDone(t, l, 2*leaseTTL)
 	end := l.Expires()
 	swallowedAt, ok := gate.firstSwallowed()
 	if !ok || !swallowedAt.Before(end) {
@@ -141,7 +146,7 @@ func TestLockDoneAtLeaseEndWhileRenewalHangs(t *testing.T) {
 	// The locker frees the lock only at its own (later) expiry: whoever
 	// takes it over gets it after the old holder's Done closed.
 	taker := client.New(natstest.Connect(t, srv.ClientURL()))
-	l2, err := taker.Acquire(ctx, "hang", client.WithOwner("taker"), client.WithLeaseTTL(2*time.Second), client.WithWait(5*time.Second))
+	l2, err := taker.Acquire(ctx, "hang", client.WithOwner("taker"), client.WithLeaseTTL(leaseTTL), client.WithWait(2*leaseTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +170,7 @@ func TestLockDoneAtLeaseEndWhenLockerStops(t *testing.T) {
 	ctx := testCtx(t)
 
 	c := client.New(natstest.Connect(t, srv.ClientURL()))
-	l, err := c.Acquire(ctx, "stop", client.WithLeaseTTL(2*time.Second))
+	l, err := c.Acquire(ctx, "stop", client.WithLeaseTTL(leaseTTL))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +179,7 @@ func TestLockDoneAtLeaseEndWhenLockerStops(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	doneAt := waitDone(t, l, 5*time.Second)
+	doneAt := waitDone(t, l, 2*leaseTTL)
 	end := l.Expires()
 	if doneAt.Before(end) {
 		t.Fatalf("Done closed %s before the lease end", end.Sub(doneAt))

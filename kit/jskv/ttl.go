@@ -77,3 +77,29 @@ func ConfirmLast(ctx context.Context, js jetstream.JetStream, barrier, subject s
 	}
 	return 0, apierr.Unavailable("no_quorum", "confirming %s failed: %v", subject, err)
 }
+
+// MaxInFlightWaits bounds how often one operation waits out another
+// conditional write on the same subject (WaitInFlight) before giving up.
+const MaxInFlightWaits = 64
+
+// WaitInFlight pauses after a conditional write (or a ConfirmLast) was
+// refused although the subject's last sequence had not moved. nats-server
+// refuses a conditional write on a subject at once while another write on
+// it, or conditioned on it, is still in flight (proposed, not applied:
+// jetstream_batching.go, expectedPerSubjectInProcess): a refusal that says
+// nothing about the data. n is how many such waits this operation made;
+// the pause grows with it up to 20 ms. A 503 when ctx ends first or n
+// passes MaxInFlightWaits.
+func WaitInFlight(ctx context.Context, subject string, n int) error {
+	if n > MaxInFlightWaits {
+		return apierr.Unavailable("contention", "%s stayed busy with other writes through %d tries; retry", subject, MaxInFlightWaits)
+	}
+	t := time.NewTimer(min(time.Duration(n)*time.Millisecond, 20*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return apierr.Unavailable("contention", "%s stayed busy with other writes until the deadline; retry", subject)
+	case <-t.C:
+		return nil
+	}
+}

@@ -294,7 +294,8 @@ func lostRaceError(name string) error {
 // write is then conditioned on it without reading first (the CAS makes
 // that safe; a stale hint only costs a conflict and a read).
 func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSeq uint64) (*pb.AcquireResponse, lease, error) {
-	for range casRetries {
+	refused, busy := uint64(0), 0
+	for lost := 0; lost < casRetries; {
 		l := lease{seq: markerSeq}
 		if markerSeq == 0 {
 			var err error
@@ -306,6 +307,16 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 			}
 		}
 		markerSeq = 0
+		if refused != 0 && l.seq+1 == refused {
+			// Refused, yet nothing changed: another write on the key was
+			// in flight (see whileHeld). Wait it out; it is not a lost race.
+			busy++
+			if err := jskv.WaitInFlight(ctx, "lock "+in.Name, busy); err != nil {
+				return nil, lease{}, err
+			}
+		} else if refused != 0 {
+			lost++
+		}
 		if !s.unsafe.NoMarkerGuard && s.expiring(l) {
 			// A release marker that runs out now: its expiry could purge
 			// an acquire conditioned on it. Let the server replace it.
@@ -321,7 +332,7 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 		case err == nil:
 			return &pb.AcquireResponse{Token: seq, TtlMs: ttl}, lease{}, nil
 		case errors.Is(err, jskv.ErrWrongLastSequence):
-			continue // someone wrote in between: look again
+			refused = l.seq + 1 // someone wrote in between, or was writing: look again
 		default:
 			return nil, lease{}, err
 		}
@@ -423,8 +434,13 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 // A change that loses that race (someone renewed, released or the server
 // expired the lease meanwhile) is decided again on a fresh read. This is
 // the one place renew and release decide that a token still holds.
+//
+// A refusal after which the lock reads unchanged was not a lost race but
+// another write on the key still in flight (a renewal, or a lock.get's
+// confirmation): it is waited out (jskv.WaitInFlight), not counted.
 func (s *Server) whileHeld(ctx context.Context, name string, token uint64, change func(lease) error) error {
-	for range casRetries {
+	refused, busy := uint64(0), 0
+	for lost := 0; lost < casRetries; {
 		l, err := s.read(ctx, name)
 		if err != nil {
 			return err
@@ -432,10 +448,19 @@ func (s *Server) whileHeld(ctx context.Context, name string, token uint64, chang
 		if !l.held || l.record.Token != token {
 			return notHeld(name, token)
 		}
+		if refused != 0 && l.seq+1 == refused {
+			busy++
+			if err := jskv.WaitInFlight(ctx, "lock "+name, busy); err != nil {
+				return err
+			}
+		} else if refused != 0 {
+			lost++
+		}
 		err = change(l)
 		if !errors.Is(err, jskv.ErrWrongLastSequence) {
 			return err
 		}
+		refused = l.seq + 1 // +1: a lock may be refused at sequence 0 too
 	}
 	return lostRaceError(name)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/locker"
 	"github.com/nats-io/nats.go"
@@ -309,6 +310,21 @@ func TestExpiryWithoutLocker(t *testing.T) {
 	}
 }
 
+// lockWaiters reads the latchkey_lock_waiters gauge of this process.
+func lockWaiters(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := telemetry.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "latchkey_lock_waiters" && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
 func TestWaitersFIFOOnRelease(t *testing.T) {
 	nc, l := solo(t)
 	startLocker(t, nc, 1)
@@ -325,7 +341,14 @@ func TestWaitersFIFOOnRelease(t *testing.T) {
 			r, err := l.acquire("w", who, 30000, 20000)
 			results <- result{who, r.GetToken(), err}
 		}()
-		time.Sleep(150 * time.Millisecond) // arrival order
+		// Arrival order: the next waiter goes only once this one is queued
+		// (the locker's waiter gauge says so), however busy the machine.
+		for deadline := time.Now().Add(10 * time.Second); lockWaiters(t) < float64(i+1); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiter %s never queued", who)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	prev := tok
 	if err := l.release("w", tok); err != nil {

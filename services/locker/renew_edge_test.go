@@ -9,10 +9,29 @@ import (
 
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/subjects"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/locker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// warmUp waits until every connection reaches the locker: a bucket created
+// a moment ago may not have elected its leader yet, and the locker's
+// subscriptions take a while to reach the other servers of the cluster.
+func warmUp(t *testing.T, conns []*nats.Conn, round int) {
+	t.Helper()
+	for i, nc := range conns {
+		name := fmt.Sprintf("warm-%d-%d", round, i)
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if _, err := (lk{t: t, nc: nc}).acquire(name, "w", 1000, 0); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("connection %d never reached the locker: %v", i, err)
+			}
+		}
+	}
+}
 
 // renewRace is the outcome of one raceRenewals run.
 type renewRace struct {
@@ -49,14 +68,8 @@ func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, r
 	client := func(i int) lk { return lk{t: t, nc: conns[i%len(conns)]} }
 
 	pilot := fmt.Sprintf("r%d-pilot", round)
-	// A bucket created a moment ago may not have elected its leader yet.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := (lk{t: t, nc: nc}).acquire(pilot, "pilot", 1000, 0); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("acquire %s: %v", pilot, err)
-		}
-	}
+	warmUp(t, append([]*nats.Conn{nc}, conns...), round)
+	lk{t: t, nc: nc}.mustAcquire(pilot, "pilot", 1000)
 	time.Sleep(5 * time.Millisecond)
 	tokens := make([]uint64, locks)
 	var wg sync.WaitGroup
@@ -271,13 +284,7 @@ func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config,
 	}
 
 	pilot := fmt.Sprintf("m%d-pilot", round)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := (lk{t: t, nc: nc}).acquire(pilot+"-warm", "w", 1000, 0); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("locker not ready: %v", err)
-		}
-	}
+	warmUp(t, append([]*nats.Conn{nc}, conns...), 1000+round)
 	released(lk{t: t, nc: nc}, pilot)
 	time.Sleep(5 * time.Millisecond)
 	markers := make([]uint64, locks)
@@ -380,5 +387,64 @@ func TestMarkerRaceDoubleHoldsWithoutGuard(t *testing.T) {
 	}
 	if doubles == 0 {
 		t.Fatal("without the guard no acknowledged acquire was followed by a second holder")
+	}
+}
+
+// TestRenewWhileLockGetPolled: lock.get confirms each read with a write
+// conditioned on the lock's key, and nats-server refuses a conditional
+// write on a key while another is in flight. Renewals (and releases) must
+// wait such a refusal out rather than take it for a lost race: polled
+// hard, a held lock keeps every renewal.
+func TestRenewWhileLockGetPolled(t *testing.T) {
+	c := natstest.NewCluster(t)
+	nc := natstest.Connect(t, c.URLs())
+	startLocker(t, nc, 3)
+	conns := make([]*nats.Conn, 8)
+	for i := range conns {
+		conns[i] = natstest.Connect(t, c.URLs())
+	}
+	warmUp(t, append(conns, nc), 0)
+	l := lk{t: t, nc: nc}
+	tok := l.mustAcquire("polled", "holder", 2000)
+	stop := make(chan struct{})
+	var gets sync.WaitGroup
+	var polled, refused int64
+	var mu sync.Mutex
+	for _, pc := range conns {
+		gets.Add(1)
+		go func() {
+			defer gets.Done()
+			p := lk{t: t, nc: pc}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp := &pb.GetLockResponse{}
+				err := p.call(subjects.LockGet, &pb.GetLockRequest{Name: "polled"}, resp, 5*time.Second)
+				mu.Lock()
+				polled++
+				if err != nil {
+					refused++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	const renewals = 150
+	for i := range renewals {
+		time.Sleep(20 * time.Millisecond)
+		if _, err := l.renew("polled", tok, 0); err != nil {
+			close(stop)
+			gets.Wait()
+			t.Fatalf("renewal %d while lock.get was polled (%d gets so far): %v", i, polled, err)
+		}
+	}
+	close(stop)
+	gets.Wait()
+	t.Logf("%d renewals kept the lock while %d lock.gets were answered (%d refused)", renewals, polled, refused)
+	if err := l.release("polled", tok); err != nil {
+		t.Fatalf("release while polled: %v", err)
 	}
 }

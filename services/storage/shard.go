@@ -502,6 +502,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 		cur, authoritative = b, true
 		return nil
 	}
+	busy := 0 // refusals waited out by jskv.WaitInFlight
 	for attempt := 0; attempt < maxWriteAttempts; attempt++ {
 		if sh.guarded(cur) {
 			// The server may expire cur under a write conditioned on it
@@ -580,10 +581,21 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// could apply it twice, so the caller hears 503 and decides.
 			return writeResult{}, unavailable(sh.id, "write", err)
 		}
+		tried := cur.seq
 		if err := refresh(); err != nil {
 			return writeResult{}, err
 		}
 		sh.view.remember(w.key, cur)
+		if isWrongLastSequence(err) && authoritative && cur.seq == tried {
+			// Refused although the key had not moved: another write on it
+			// (another instance's, or a read's confirmation) was in flight.
+			// Wait it out; it does not count as a lost race.
+			busy++
+			if err := jskv.WaitInFlight(ctx, "shard "+sh.id+" key", busy); err != nil {
+				return writeResult{}, err
+			}
+			attempt--
+		}
 	}
 	return writeResult{}, apierr.Unavailable("contention",
 		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
