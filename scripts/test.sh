@@ -43,5 +43,13 @@ pkgs=$(for m in $modules; do echo "./$m/..."; done)
 step "go vet"
 go vet $pkgs
 
+# Tests that race the NATS server's own timers (TTL expiry passes,
+# elections) or run a whole deployment (processes, Docker) run one package
+# at a time after the rest, so they do not compete for the two cores with
+# each other; everything else runs two packages at a time.
+serial="./kit/jskv ./services/storage ./services/locker ./check/inproc ./check/procs ./tests/deploy"
 step "go test"
-go test -count=1 -timeout 20m $pkgs
+rest=$(go list $pkgs | grep -vxF -f <(go list $serial))
+go test -count=1 -timeout 20m $rest
+step "go test (timing-sensitive, one package at a time)"
+go test -count=1 -timeout 20m -p 1 $serial
