@@ -119,6 +119,7 @@ type Watcher struct {
 	id     string
 	shards map[string]*shardFeed
 
+	dropped   int // messages nats.go dropped for a full buffer, as of the last (re)start
 	resumes   atomic.Int64
 	cancelled atomic.Int64
 	kick      chan string
@@ -263,6 +264,9 @@ func (w *Watcher) run(ctx context.Context) {
 		case why = <-w.kick:
 		case <-tick.C:
 			why = w.silent()
+			if why == "" {
+				why = w.droppedSince()
+			}
 		case m := <-w.msgs:
 			ev := &pb.WatchEvent{}
 			if wire.Decode(m.Data, wire.IsJSON(m.Header, m.Data), ev) != nil {
@@ -281,6 +285,12 @@ func (w *Watcher) run(ctx context.Context) {
 					s.cursor = ev.Cursor
 				}
 				w.mu.Unlock()
+			}
+			if why == "" && len(w.msgs) == 0 {
+				// Caught up with the buffer: if nats.go dropped messages
+				// meanwhile, they are lost for sure; resume now rather
+				// than wait for the next heartbeat to show the gap.
+				why = w.droppedSince()
 			}
 		}
 		if why == "" {
@@ -354,6 +364,18 @@ func (w *Watcher) accept(ev *pb.WatchEvent, initialSent *bool) (*Event, string) 
 	return &Event{Type: t, Key: ev.Key, Value: ev.Value, Revision: ev.Revision, Shard: ev.Shard}, ""
 }
 
+// droppedSince says whether nats.go dropped messages of the watch's
+// subscription (a full buffer) since the last (re)start.
+func (w *Watcher) droppedSince() string {
+	d, err := w.sub.Dropped()
+	if err != nil || d <= w.dropped {
+		return ""
+	}
+	n := d - w.dropped
+	w.dropped = d
+	return fmt.Sprintf("%d events dropped by a full buffer", n)
+}
+
 // silent names a shard whose feed has been silent too long.
 func (w *Watcher) silent() string {
 	w.mu.Lock()
@@ -371,6 +393,9 @@ func (w *Watcher) silent() string {
 func (w *Watcher) resume(ctx context.Context, why string) error {
 	w.resumes.Add(1)
 	w.cancelCurrent()
+	if d, err := w.sub.Dropped(); err == nil {
+		w.dropped = d // drops so far belong to the watch being left
+	}
 	w.mu.Lock()
 	cursors := map[string]string{}
 	initialDone := true

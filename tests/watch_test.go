@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -414,7 +415,8 @@ func TestWatchInitialLargerThanTheQueueBound(t *testing.T) {
 // for ever) and still delivers every key, then EventInitialDone once.
 func TestWatchInterruptedInitialContinues(t *testing.T) {
 	e := newKVEnv(t)
-	ctx := testCtx(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	const n = 600
 	for i := range n {
 		if _, err := e.c.Put(ctx, fmt.Sprintf("init:%03d", i), []byte("v")); err != nil {

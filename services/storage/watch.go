@@ -295,6 +295,7 @@ func (f *feed) run() {
 		}
 		f.mu.Lock()
 		batch := f.queue
+		replayed := f.allowance > 0
 		f.queue, f.qbytes, f.allowance = nil, 0, 0
 		f.inflight = len(batch) > 0
 		ending := f.ending
@@ -323,7 +324,9 @@ func (f *feed) run() {
 			f.end("keepalive_timeout", fmt.Sprintf("keepalive_timeout: no keepalive for %s", idle.Round(time.Second)))
 			continue
 		}
-		if time.Since(last) >= WatchHeartbeat {
+		// A heartbeat right after a replay (snapshot or catch-up): a client
+		// that lost its tail learns it now, not a heartbeat interval later.
+		if replayed || time.Since(last) >= WatchHeartbeat {
 			if f.heartbeat() {
 				last = time.Now()
 			}
