@@ -496,10 +496,14 @@ func (h *watchHub) close() {
 	for _, f := range feeds {
 		f.end("shutting_down", "shutting_down: the storage instance serving this shard stopped; resume from your cursors")
 	}
+	// One second for all of them to publish their CANCELLED: a stop must
+	// not take a second per feed.
+	deadline := time.After(time.Second)
 	for _, f := range feeds {
 		select {
 		case <-f.stopped:
-		case <-time.After(time.Second):
+		case <-deadline:
+			return
 		}
 	}
 }
