@@ -222,6 +222,7 @@ Try it with the nats CLI:
 
 or with this CLI:
   latchkey put user:42 hello && latchkey get user:42
+  latchkey watch user: --initial
 
 Press Ctrl-C to stop.
 `, url, shards, dir, url, subj.Public(subjects.KVPut), subj.Public(subjects.KVGet))
