@@ -165,6 +165,9 @@ func TestWatchKeyAndRefusals(t *testing.T) {
 	// has removed: 409. One just younger is accepted.
 	old := watchspec.FormatCursor(1, time.Now().Add(-storage.CursorMaxAge-time.Minute).UnixMilli())
 	refuse(`{"cursors":{"0":"`+old+`"},"deliver":"_INBOX.x"}`, 409, "cursor_expired")
+	// A cursor ahead of the stream comes from a recreated stream: 409 too.
+	ahead := watchspec.FormatCursor(1<<40, time.Now().UnixMilli())
+	refuse(`{"cursors":{"0":"`+ahead+`"},"deliver":"_INBOX.x"}`, 409, "cursor_expired")
 	young := watchspec.FormatCursor(1, time.Now().Add(-10*time.Minute).UnixMilli())
 	var resp pb.WatchResponse
 	reply, err := e.nc.Request("latchkey.kv.watch", []byte(`{"cursors":{"0":"`+young+`"},"deliver":"_INBOX.young"}`), 5*time.Second)

@@ -409,6 +409,15 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 		hub: h, keepalive: time.Now(), wake: make(chan struct{}, 1), stopped: make(chan struct{})}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if applied := sh.view.appliedSeq(); from > applied {
+		// After the barrier the view has passed every position any
+		// instance could have handed out (the view, not the hub: the hub
+		// may not have observed the barrier itself yet): this cursor is
+		// from another stream (the shard's bucket was recreated).
+		// Revisions restarted, so the client must re-read, not resume.
+		return nil, apierr.Conflict("cursor_expired",
+			"shard %s: cursor %s is ahead of the shard's stream (at %d): the stream was recreated; start again with initial", sh.id, r.Cursor, applied)
+	}
 	if h.closed {
 		return nil, apierr.Unavailable("shutting_down", "shard %s: this storage instance is stopping", sh.id)
 	}
