@@ -98,7 +98,8 @@ type Deployment struct {
 	routeProxies map[[2]int]*proxy // [from, to]: from dials to through it
 	clientProxy  [nodes]*proxy
 	node         [nodes]*proc
-	http         [nodes]int
+	http         [nodes]int // monitoring ports, for /routez and /healthz
+	clientPort   [nodes]int // fixed across restarts: the proxies point at them
 	svcs         map[string][]*proc
 
 	mu      sync.Mutex
@@ -151,7 +152,8 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 		return nil, err
 	}
 	go sinkLoop(d.sink)
-	var clientPort, clusterPort [nodes]int
+	var clusterPort [nodes]int
+	clientPort := &d.clientPort
 	for i := range nodes {
 		for _, p := range []*int{&clientPort[i], &clusterPort[i], &d.http[i]} {
 			if *p, err = freePort(); err != nil {
@@ -494,8 +496,7 @@ func (d *Deployment) restartNode(ctx context.Context, i int) error {
 	if err := d.node[i].start(); err != nil {
 		return err
 	}
-	port, _ := strconv.Atoi(d.clientProxy[i].target[strings.LastIndexByte(d.clientProxy[i].target, ':')+1:])
-	return waitPort(ctx, port, 30*time.Second)
+	return waitPort(ctx, d.clientPort[i], 30*time.Second)
 }
 
 func pair(a, b int) [2]int { return [2]int{min(a, b), max(a, b)} }
