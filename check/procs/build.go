@@ -11,6 +11,11 @@ import (
 	"strings"
 )
 
+// ErrBuild wraps every failure to build nats-server or the services (no
+// module cache and no network, no Go toolchain, not inside the clone), so
+// callers can tell "cannot run here" from a broken deployment.
+var ErrBuild = errors.New("procs: cannot build the binaries")
+
 // NATSServerVersion is the nats-server module built for the process
 // faults: the version the services are tested against (go.work).
 const NATSServerVersion = "v2.15.2"
@@ -61,7 +66,7 @@ func NATSServer(ctx context.Context, log io.Writer) (string, error) {
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 		cmd.Dir, cmd.Env = work, env
 		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, b)
+			return "", fmt.Errorf("%w: %s: %v\n%s", ErrBuild, strings.Join(args, " "), err, b)
 		}
 	}
 	if err := os.Rename(out+".tmp", out); err != nil {
@@ -86,7 +91,7 @@ func BuildServices(ctx context.Context, dir string, log io.Writer) (map[string]s
 	gowork, err := exec.CommandContext(ctx, "go", "env", "GOWORK").Output()
 	root := filepath.Dir(strings.TrimSpace(string(gowork)))
 	if err != nil || strings.TrimSpace(string(gowork)) == "" || strings.TrimSpace(string(gowork)) == "off" {
-		return nil, fmt.Errorf("building the service binaries needs the latchkey checkout (go.work): run from inside it")
+		return nil, fmt.Errorf("%w: building the service binaries needs the latchkey checkout (go.work): run from inside it", ErrBuild)
 	}
 	fmt.Fprintf(log, "building latchkey-storage, latchkey-router and latchkey-locker from %s into %s\n", root, dir)
 	out, err := goBuild(ctx, root, dir)
@@ -102,11 +107,11 @@ func BuildServices(ctx context.Context, dir string, log io.Writer) (map[string]s
 	defer os.RemoveAll(snap)
 	archive := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive HEAD | tar -x -C "$2"`, "sh", root, snap)
 	if b, err2 := archive.CombinedOutput(); err2 != nil {
-		return nil, errors.Join(err, fmt.Errorf("git archive HEAD: %w\n%s", err2, b))
+		return nil, fmt.Errorf("%w: %w", ErrBuild, errors.Join(err, fmt.Errorf("git archive HEAD: %w\n%s", err2, b)))
 	}
 	out, err2 = goBuild(ctx, snap, dir)
 	if err2 != nil {
-		return nil, errors.Join(err, err2)
+		return nil, fmt.Errorf("%w: %w", ErrBuild, errors.Join(err, err2))
 	}
 	return out, nil
 }
