@@ -26,7 +26,11 @@ const (
 
 // Headers written and read on every stored message.
 const (
-	hdrFences      = "Latchkey-Fences"
+	hdrFences = "Latchkey-Fences"
+	// hdrWriteID names one write of one storage instance, so the instance
+	// recognises its own message when JetStream refused a publish it had
+	// in fact stored (seen at partition heals: 10164 for stored writes).
+	hdrWriteID     = "Latchkey-Write-Id"
 	hdrKVOperation = jskv.HeaderKVOperation
 	hdrTTL         = jskv.HeaderTTL
 	hdrExpectSubj  = jskv.HeaderExpectedLastSubjectSeq

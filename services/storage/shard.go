@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,8 @@ type shard struct {
 	guard       time.Duration
 	unsafe      Unsafe
 	tokens      *tokenBound
+	instance    string        // random, per open shard: prefix of write ids
+	writes      atomic.Uint64 // write ids handed out
 
 	view    *view
 	feed    *watchHub // watch feeds fed by onMsg (watch.go)
@@ -104,6 +107,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 		kick:        make(chan struct{}, 1),
 	}
 	sh.msgGet = "$JS.API.STREAM.MSG.GET." + sh.stream
+	sh.instance = rand.Text()[:16]
 	sh.feed = newWatchHub(sh, cfg.EventConn)
 	sh.barrier.publish = sh.publishBarrier
 	if err := sh.createBucket(ctx, cfg.Replicas); err != nil {
@@ -416,7 +420,7 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 		case err == nil && !found:
 			return base{}, nil
 		case err == nil:
-			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences)}
+			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences), writeID: m.Header.Get(hdrWriteID)}
 			if b.live {
 				b.value = m.Data
 			}
@@ -493,6 +497,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	}
 	defer unlock()
 	subj := sh.subjPfx + encodeKey(w.key)
+	id := sh.writeID()
 	cur, authoritative := sh.view.guess(w.key), false
 	refresh := func() error {
 		b, err := sh.leaderRead(ctx, w.key)
@@ -528,6 +533,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 		}
 		msg := &nats.Msg{Subject: subj, Header: nats.Header{}}
 		msg.Header.Set(hdrExpectSubj, strconv.FormatUint(cur.seq, 10))
+		msg.Header.Set(hdrWriteID, id)
 		if fencesHdr != "" {
 			msg.Header.Set(hdrFences, fencesHdr)
 		}
@@ -581,9 +587,18 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// could apply it twice, so the caller hears 503 and decides.
 			return writeResult{}, unavailable(sh.id, "write", err)
 		}
-		tried := cur.seq
+		tried, was := cur.seq, cur.live
 		if err := refresh(); err != nil {
 			return writeResult{}, err
+		}
+		if cur.writeID == id {
+			// The refusal was wrong: the key's last message is this very
+			// write (JetStream answers 10164/10071 for some writes it
+			// stored when a partition heals). Writing again would apply it
+			// twice; refusing a CAS would deny a write that happened.
+			sh.noteAcked(cur.seq)
+			sh.view.remember(w.key, cur)
+			return writeResult{seq: cur.seq, wrote: true, was: was}, nil
 		}
 		sh.view.remember(w.key, cur)
 		if isWrongLastSequence(err) && authoritative && cur.seq == tried {
@@ -599,6 +614,11 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	}
 	return writeResult{}, apierr.Unavailable("contention",
 		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
+}
+
+// writeID names one write of this shard instance (Latchkey-Write-Id).
+func (sh *shard) writeID() string {
+	return sh.instance + "-" + strconv.FormatUint(sh.writes.Add(1), 36)
 }
 
 // endPublish ends a publish span; a lost compare-and-set is an expected

@@ -49,11 +49,12 @@ func probe(key string) entry {
 // message: its sequence (0 = no message), whether it is a value, when the
 // server expires it, and its fences.
 type base struct {
-	seq    uint64
-	exp    int64 // unix nanos, server clock; 0 = never expires
-	live   bool
-	fences string
-	value  []byte
+	seq     uint64
+	exp     int64  // unix nanos, server clock; 0 = never expires
+	writeID string // Latchkey-Write-Id of the message, from leader reads only
+	live    bool
+	fences  string
+	value   []byte
 }
 
 // maxPending bounds the write-base overlay if the view stops advancing.
