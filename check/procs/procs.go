@@ -37,6 +37,7 @@ import (
 	"github.com/latchkey/latchkey/client"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/subjects"
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 	"github.com/latchkey/latchkey/services/locker"
 	"github.com/latchkey/latchkey/services/router/consistenthash"
 	"github.com/nats-io/nats.go"
@@ -95,8 +96,8 @@ type Deployment struct {
 	subj subjects.Set
 
 	sink         net.Listener
-	routeProxies map[[2]int]*proxy // [from, to]: from dials to through it
-	clientProxy  [nodes]*proxy
+	routeProxies map[[2]int]*tcpproxy.Proxy // [from, to]: from dials to through it
+	clientProxy  [nodes]*tcpproxy.Proxy
 	node         [nodes]*proc
 	http         [nodes]int // monitoring ports, for /routez and /healthz
 	clientPort   [nodes]int // fixed across restarts: the proxies point at them
@@ -129,7 +130,7 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
-	d := &Deployment{o: o, subj: subjects.New(o.Prefix), routeProxies: map[[2]int]*proxy{},
+	d := &Deployment{o: o, subj: subjects.New(o.Prefix), routeProxies: map[[2]int]*tcpproxy.Proxy{},
 		svcs: map[string][]*proc{}, cut: map[[2]int]bool{}, aimed: map[check.Fault]int{}}
 	defer func() {
 		if err != nil {
@@ -151,7 +152,7 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 	if d.sink, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	go sinkLoop(d.sink)
+	go tcpproxy.Sink(d.sink)
 	var clusterPort [nodes]int
 	clientPort := &d.clientPort
 	for i := range nodes {
@@ -160,14 +161,14 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 				return nil, err
 			}
 		}
-		if d.clientProxy[i], err = newProxy(fmt.Sprintf("127.0.0.1:%d", clientPort[i])); err != nil {
+		if d.clientProxy[i], err = tcpproxy.To(fmt.Sprintf("127.0.0.1:%d", clientPort[i])); err != nil {
 			return nil, err
 		}
 	}
 	for i := range nodes {
 		for j := range nodes {
 			if i != j {
-				if d.routeProxies[[2]int{i, j}], err = newProxy(fmt.Sprintf("127.0.0.1:%d", clusterPort[j])); err != nil {
+				if d.routeProxies[[2]int{i, j}], err = tcpproxy.To(fmt.Sprintf("127.0.0.1:%d", clusterPort[j])); err != nil {
 					return nil, err
 				}
 			}
@@ -280,7 +281,7 @@ func (d *Deployment) writeConfig(i, clientPort, clusterPort int) (string, error)
 	var routes []string
 	for j := range nodes {
 		if j != i {
-			routes = append(routes, fmt.Sprintf("nats-route://%s", d.routeProxies[[2]int{i, j}].addr()))
+			routes = append(routes, fmt.Sprintf("nats-route://%s", d.routeProxies[[2]int{i, j}].Addr()))
 		}
 	}
 	sync := ""
@@ -316,7 +317,7 @@ func (d *Deployment) proxyURLs(first ...int) string {
 	}
 	var out []string
 	for k := range nodes {
-		out = append(out, "nats://"+d.clientProxy[(f+k)%nodes].addr())
+		out = append(out, "nats://"+d.clientProxy[(f+k)%nodes].Addr())
 	}
 	return strings.Join(out, ",")
 }
@@ -518,12 +519,12 @@ func (d *Deployment) partition(ctx context.Context, pairs [][2]int, clientsOf in
 	d.mu.Lock()
 	for _, pr := range pairs {
 		d.cut[pr] = true
-		d.routeProxies[[2]int{pr[0], pr[1]}].setCut(true)
-		d.routeProxies[[2]int{pr[1], pr[0]}].setCut(true)
+		d.routeProxies[[2]int{pr[0], pr[1]}].Cut(true)
+		d.routeProxies[[2]int{pr[1], pr[0]}].Cut(true)
 	}
 	d.mu.Unlock()
 	if clientsOf >= 0 {
-		d.clientProxy[clientsOf].setCut(true)
+		d.clientProxy[clientsOf].Cut(true)
 	}
 	return d.waitShape(ctx, 10*time.Second)
 }
@@ -534,11 +535,11 @@ func (d *Deployment) heal(ctx context.Context) error {
 	d.mu.Lock()
 	d.cut = map[[2]int]bool{}
 	for _, p := range d.routeProxies {
-		p.setCut(false)
+		p.Cut(false)
 	}
 	d.mu.Unlock()
 	for _, p := range d.clientProxy {
-		p.setCut(false)
+		p.Cut(false)
 	}
 	return d.waitShape(ctx, 30*time.Second)
 }
@@ -594,7 +595,7 @@ func (d *Deployment) checkShape() error {
 	}
 	carried := map[string]bool{}
 	for _, p := range d.routeProxies {
-		for _, a := range p.addrs() {
+		for _, a := range p.Addrs() {
 			carried[a] = true
 		}
 	}
@@ -791,11 +792,11 @@ func (d *Deployment) Close() {
 		}
 	}
 	for _, p := range d.routeProxies {
-		p.close()
+		p.Close()
 	}
 	for _, p := range d.clientProxy {
 		if p != nil {
-			p.close()
+			p.Close()
 		}
 	}
 	if d.sink != nil {

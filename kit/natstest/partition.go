@@ -4,15 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -53,7 +52,7 @@ type PartitionCluster struct {
 
 	t       testing.TB
 	sink    net.Listener
-	proxies map[[2]int]*proxy // [from, to]
+	proxies map[[2]int]*tcpproxy.Proxy // [from, to]
 }
 
 // StartPartitionable starts a JetStream cluster whose routes run through
@@ -65,19 +64,19 @@ func StartPartitionable(t testing.TB, o PartitionOptions) *PartitionCluster {
 	if n == 0 {
 		n = 3
 	}
-	c := &PartitionCluster{t: t, proxies: map[[2]int]*proxy{}}
+	c := &PartitionCluster{t: t, proxies: map[[2]int]*tcpproxy.Proxy{}}
 	t.Cleanup(c.shutdown)
 	var err error
 	if c.sink, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	go sinkLoop(c.sink)
+	go tcpproxy.Sink(c.sink)
 	for i := range n {
 		for j := range n {
 			if i == j {
 				continue
 			}
-			p, err := newProxy()
+			p, err := tcpproxy.New()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -98,7 +97,7 @@ func StartPartitionable(t testing.TB, o PartitionOptions) *PartitionCluster {
 		var routes []*url.URL
 		for j := range n {
 			if j != i {
-				routes = append(routes, &url.URL{Scheme: "nats-route", Host: c.proxies[[2]int{i, j}].ln.Addr().String()})
+				routes = append(routes, &url.URL{Scheme: "nats-route", Host: c.proxies[[2]int{i, j}].Addr()})
 			}
 		}
 		so.Routes = routes
@@ -117,7 +116,7 @@ func StartPartitionable(t testing.TB, o PartitionOptions) *PartitionCluster {
 	// The cluster ports are known only now; proxies hold early dials
 	// until their target is set.
 	for k, p := range c.proxies {
-		p.setTarget(c.Nodes[k[1]].ClusterAddr().String())
+		p.SetTarget(c.Nodes[k[1]].ClusterAddr().String())
 	}
 	if err := c.waitShape(nil, 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -159,7 +158,7 @@ func (c *PartitionCluster) Cut(i int) {
 	c.t.Helper()
 	for k, p := range c.proxies {
 		if k[0] == i || k[1] == i {
-			p.setCut(true)
+			p.Cut(true)
 		}
 	}
 	if err := c.waitShape(map[int]bool{i: true}, 10*time.Second); err != nil {
@@ -173,7 +172,7 @@ func (c *PartitionCluster) Heal(i int) {
 	c.t.Helper()
 	for k, p := range c.proxies {
 		if k[0] == i || k[1] == i {
-			p.setCut(false)
+			p.Cut(false)
 		}
 	}
 	if err := c.waitShape(nil, 30*time.Second); err != nil {
@@ -295,7 +294,7 @@ func (c *PartitionCluster) checkShape(cut map[int]bool) error {
 	}
 	carried := map[string]bool{} // remote addresses a proxied route may show
 	for _, p := range c.proxies {
-		for _, a := range p.addrs() {
+		for _, a := range p.Addrs() {
 			carried[a] = true
 		}
 	}
@@ -345,139 +344,9 @@ func (c *PartitionCluster) shutdown() {
 		s.WaitForShutdown()
 	}
 	for _, p := range c.proxies {
-		p.close()
+		p.Close()
 	}
 	if c.sink != nil {
 		c.sink.Close()
 	}
-}
-
-// sinkLoop accepts and closes at once: the advertised cluster address, so
-// that a route learned by gossip fails instead of bypassing the proxies.
-func sinkLoop(l net.Listener) {
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		conn.Close()
-	}
-}
-
-// proxy forwards the route connections server from dials to server to.
-type proxy struct {
-	ln     net.Listener
-	ready  chan struct{} // closed once target is set
-	closed chan struct{}
-
-	mu     sync.Mutex
-	target string
-	cut    bool
-	// pairs maps the accepted connection to its upstream dial, both closed
-	// together. Their addresses are what the two servers' Routez show.
-	pairs map[net.Conn]net.Conn
-}
-
-func newProxy() (*proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	p := &proxy{ln: ln, ready: make(chan struct{}), closed: make(chan struct{}), pairs: map[net.Conn]net.Conn{}}
-	go p.acceptLoop()
-	return p, nil
-}
-
-func (p *proxy) setTarget(addr string) {
-	p.mu.Lock()
-	p.target = addr
-	p.mu.Unlock()
-	close(p.ready)
-}
-
-// setCut refuses (cut) or admits new connections; cutting also closes the
-// ones open now, so both servers see their routes drop at once.
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for a, b := range p.pairs {
-			a.Close()
-			b.Close()
-			delete(p.pairs, a)
-		}
-	}
-}
-
-// addrs are the remote addresses the two servers see on connections this
-// proxy carries: the listener (at the dialing server) and each upstream
-// dial's local address (at the accepting server).
-func (p *proxy) addrs() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := []string{p.ln.Addr().String()}
-	for _, b := range p.pairs {
-		out = append(out, b.LocalAddr().String())
-	}
-	return out
-}
-
-func (p *proxy) acceptLoop() {
-	for {
-		conn, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		go p.handle(conn)
-	}
-}
-
-func (p *proxy) handle(down net.Conn) {
-	select {
-	case <-p.ready:
-	case <-p.closed:
-		down.Close()
-		return
-	}
-	p.mu.Lock()
-	target, cut := p.target, p.cut
-	p.mu.Unlock()
-	if cut {
-		down.Close()
-		return
-	}
-	up, err := net.DialTimeout("tcp", target, 2*time.Second)
-	if err != nil {
-		down.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.cut { // cut while dialing
-		p.mu.Unlock()
-		down.Close()
-		up.Close()
-		return
-	}
-	p.pairs[down] = up
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		done <- struct{}{}
-	}
-	go pipe(up, down)
-	go pipe(down, up)
-	<-done // either side ending ends both: a half-open route helps nobody
-	down.Close()
-	up.Close()
-	p.mu.Lock()
-	delete(p.pairs, down)
-	p.mu.Unlock()
-}
-
-func (p *proxy) close() {
-	close(p.closed)
-	p.ln.Close()
-	p.setCut(true)
 }
