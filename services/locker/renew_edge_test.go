@@ -33,6 +33,20 @@ func warmUp(t *testing.T, conns []*nats.Conn, round int) {
 	}
 }
 
+// contend has another client try to acquire name at the pass (next), 50 ms
+// after it and two passes after it; it reports a second holder if one of
+// those succeeds while the lease granted at sent (ttlMs) still holds.
+func contend(l lk, name string, sent, next time.Time, ttlMs int64) (token uint64, double bool) {
+	holdsUntil := sent.Add(time.Duration(ttlMs) * time.Millisecond)
+	for _, d := range []time.Duration{0, 50 * time.Millisecond, 2 * natstest.ExpiryPass} {
+		time.Sleep(time.Until(next.Add(d)))
+		if r, err := l.acquire(name, "contender", 1000, 0); err == nil && time.Now().Before(holdsUntil) {
+			return r.Token, true
+		}
+	}
+	return 0, false
+}
+
 // renewRace is the outcome of one raceRenewals run.
 type renewRace struct {
 	attempts, acked, tooLate, atEdge, doubles int
@@ -118,19 +132,14 @@ func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, r
 		}
 		// The renewed lease holds until sent + its ttl: nobody else may
 		// acquire before then, pass or no pass.
-		holdsUntil := sent.Add(time.Duration(resp.TtlMs) * time.Millisecond)
-		for _, d := range []time.Duration{0, 50 * time.Millisecond, 2 * natstest.ExpiryPass} {
-			time.Sleep(time.Until(next.Add(d)))
-			if r, err := client(i+1).acquire(name(i), "second", 1000, 0); err == nil && time.Now().Before(holdsUntil) {
-				mu.Lock()
-				res.doubles++
-				first := res.doubles <= 3
-				mu.Unlock()
-				if first {
-					t.Logf("%s: renewal sent %v after the pass was acknowledged, yet a second client acquired it (token %d)",
-						name(i), sent.Sub(next), r.Token)
-				}
-				return
+		if tok, double := contend(client(i+1), name(i), sent, next, resp.TtlMs); double {
+			mu.Lock()
+			res.doubles++
+			first := res.doubles <= 3
+			mu.Unlock()
+			if first {
+				t.Logf("%s: renewal sent %v after the pass was acknowledged, yet a second client acquired it (token %d)",
+					name(i), sent.Sub(next), tok)
 			}
 		}
 	}
@@ -333,19 +342,14 @@ func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config,
 			if err != nil {
 				return
 			}
-			holdsUntil := sent.Add(time.Duration(resp.TtlMs) * time.Millisecond)
-			for _, d := range []time.Duration{0, 50 * time.Millisecond, 2 * natstest.ExpiryPass} {
-				time.Sleep(time.Until(next.Add(d)))
-				if r, err := client(i+1).acquire(name(i), "third", 1000, 0); err == nil && time.Now().Before(holdsUntil) {
-					mu.Lock()
-					res.doubles++
-					first := res.doubles <= 3
-					mu.Unlock()
-					if first {
-						t.Logf("%s: acquire sent %v after the pass was acknowledged (token %d), yet another client acquired it (token %d)",
-							name(i), sent.Sub(next), resp.Token, r.Token)
-					}
-					return
+			if tok, double := contend(client(i+1), name(i), sent, next, resp.TtlMs); double {
+				mu.Lock()
+				res.doubles++
+				first := res.doubles <= 3
+				mu.Unlock()
+				if first {
+					t.Logf("%s: acquire sent %v after the pass was acknowledged (token %d), yet another client acquired it (token %d)",
+						name(i), sent.Sub(next), resp.Token, tok)
 				}
 			}
 		}()
