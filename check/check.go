@@ -12,7 +12,9 @@
 //   - lock safety: no two holders with overlapping validity, tokens
 //     strictly increasing per name, no stale fenced write accepted;
 //   - durability: the final state keeps every acknowledged write;
-//   - TTL keys: not gone before their TTL, gone some seconds after.
+//   - TTL keys: not gone before their TTL, gone some seconds after;
+//   - with Config.Watch, the change feed: per key in revision order, and
+//     covering every acknowledged change.
 //
 // docs/CORRECTNESS.md explains each check and what it assumes.
 package check
@@ -76,6 +78,10 @@ type Config struct {
 	// HistoryFile, if set, receives every recorded operation as one JSON
 	// object a line once traffic ends, to study a violation.
 	HistoryFile string
+	// Watch follows the namespace with one client.Watch from before the
+	// traffic until after the final reads, and checks its events (the
+	// "watch" check, watch.go). It uses a client of its own.
+	Watch bool
 	// Unsafe plants a bug in the checker's own harness, for the
 	// self-test of faults the services' Unsafe switches cannot reach.
 	Unsafe Unsafe
@@ -140,6 +146,10 @@ type run struct {
 	faultMu            sync.Mutex
 	current            string // the fault in effect, for progress lines
 	faults             []FaultRecord
+	// With Config.Watch: what the watch delivered, and the error of a
+	// watch that ended by itself.
+	watchEvents []WatchEvent
+	watchErr    error
 }
 
 // FaultRecord is a fault as it happened.
@@ -201,6 +211,19 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		clients[i] = c
 	}
 	r.rec = newRecorder()
+	var wr *watchRec
+	if cfg.Watch {
+		// A client of its own, at the index after all the others, so that
+		// the workload's clients stay exactly as in a run without Watch.
+		c, err := cfg.Connect(ctx, len(clients))
+		if err != nil {
+			return nil, fmt.Errorf("connecting the watch's client: %w", err)
+		}
+		// Started before any traffic, so every write of the run is after it.
+		if wr, err = r.startWatch(ctx, c); err != nil {
+			return nil, err
+		}
+	}
 	wctx, stop := context.WithTimeout(ctx, cfg.Duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -232,7 +255,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	fmt.Fprintf(cfg.Progress, "traffic done after %.1fs: %d operations; reading every key for the durability check\n",
 		trafficEnd.Seconds(), r.rec.count())
 	if err := r.finalReads(ctx, clients[cfg.Clients+2]); err != nil {
+		if wr != nil {
+			wr.w.Stop()
+		}
 		return nil, err
+	}
+	if wr != nil {
+		// After the final reads, so that the drain also waits for the
+		// expiry events of TTL keys they found absent.
+		r.watchEvents, r.watchErr = r.stopWatch(wr)
 	}
 	if cfg.HistoryFile != "" {
 		if err := writeHistory(cfg.HistoryFile, r.rec.snapshot()); err != nil {

@@ -40,6 +40,9 @@ type Report struct {
 	Edges []string
 	// ByFaultKind holds the availability figures of each fault kind.
 	ByFaultKind []*KindFigures
+	// Watch summarises what the watch check saw; "" when it did not run
+	// (Config.Watch unset), and then the report does not list it.
+	Watch string
 }
 
 // Tally counts operations by outcome.
@@ -196,10 +199,17 @@ func (rep *Report) Print(w io.Writer) {
 	for _, v := range rep.Violations {
 		counts[v.Check]++
 	}
-	for _, c := range AllChecks {
+	checks := AllChecks
+	if rep.Watch != "" {
+		checks = append(slices.Clone(checks), CheckWatch)
+	}
+	for _, c := range checks {
 		verdict := "ok"
 		if n := counts[c]; n > 0 {
 			verdict = fmt.Sprintf("%d VIOLATION(S)", n)
+		}
+		if c == CheckWatch {
+			verdict += " (" + rep.Watch + ")"
 		}
 		fmt.Fprintf(w, "  %-16s %s\n", c, verdict)
 	}

@@ -62,6 +62,10 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 	rep.Violations = append(rep.Violations, checkTTL(ops)...)
 	rep.Violations = append(rep.Violations, checkFenceRules(ops)...)
 	rep.Violations = append(rep.Violations, checkWritable(ops)...)
+	if r.cfg.Watch {
+		rep.Watch = fmt.Sprintf("%d events", len(r.watchEvents))
+		rep.Violations = append(rep.Violations, checkWatch(ops, r.watchEvents, r.watchErr)...)
+	}
 	rep.CheckTime = time.Since(began)
 	rep.ByFaultKind = byFaultKind(ops, faults, trafficEnd, rep.Violations)
 	return rep
@@ -556,16 +560,9 @@ func checkFences(ops []Op) []Violation {
 	return vs
 }
 
-// checkDurability compares the last linearizable read of every key that
-// began after every write of that key had returned (for the workload's
-// keys, the final reads; for the edge workloads' keys, their read-backs)
-// with the acknowledged writes: the newest acknowledged change (by
-// revision) must still be there unless a write with an unknown outcome
-// replaced it, or it was a put with ttl_ms whose TTL (rounded up) had run
-// out before the read began. This is where an acknowledged write swallowed
-// by the expiry of the key's previous value shows by name.
-func (r *run) checkDurability(ops []Op) []Violation {
-	idx := indexWrites(ops)
+// lastReads returns, per key, the last successful linearizable read that
+// began after every write of the key had returned: the key's final state.
+func lastReads(ops []Op) map[string]Op {
 	lastWrite := map[string]time.Duration{}
 	for _, op := range ops {
 		switch op.Kind {
@@ -582,6 +579,20 @@ func (r *run) checkDurability(ops []Op) []Violation {
 			}
 		}
 	}
+	return final
+}
+
+// checkDurability compares the last linearizable read of every key that
+// began after every write of that key had returned (for the workload's
+// keys, the final reads; for the edge workloads' keys, their read-backs)
+// with the acknowledged writes: the newest acknowledged change (by
+// revision) must still be there unless a write with an unknown outcome
+// replaced it, or it was a put with ttl_ms whose TTL (rounded up) had run
+// out before the read began. This is where an acknowledged write swallowed
+// by the expiry of the key's previous value shows by name.
+func (r *run) checkDurability(ops []Op) []Violation {
+	idx := indexWrites(ops)
+	final := lastReads(ops)
 	keys := make([]string, 0, len(final))
 	for k := range final {
 		keys = append(keys, k)

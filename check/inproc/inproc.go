@@ -134,10 +134,23 @@ func (d *Deployment) start(ctx context.Context, kind string, i int) (*instance, 
 		for k := range ids {
 			ids[k] = strconv.Itoa(k)
 		}
+		// Watch events go out on a connection of their own, as in a
+		// deployment (services/storage Config.EventConn); without it the
+		// instance serves no watches.
+		var ev *nats.Conn
+		if ev, err = d.connect(i, fmt.Sprintf("%s-%d-events", kind, i)); err != nil {
+			nc.Close()
+			return nil, err
+		}
 		var s *storage.Server
-		s, err = storage.Start(ctx, nc, storage.Config{Prefix: d.o.Prefix, Shards: ids, Replicas: 3, Logger: log, Unsafe: d.o.StorageUnsafe})
+		s, err = storage.Start(ctx, nc, storage.Config{Prefix: d.o.Prefix, Shards: ids, Replicas: 3, Logger: log, Unsafe: d.o.StorageUnsafe, EventConn: ev})
 		if s != nil {
-			stop = s.Stop
+			stop = func(ctx context.Context) error {
+				defer ev.Close()
+				return s.Stop(ctx)
+			}
+		} else {
+			ev.Close()
 		}
 	case "router":
 		var s *router.Server

@@ -79,3 +79,41 @@ func (w testWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// TestCheckWatchUnderFaults runs the check with Config.Watch under the
+// default faults: the watch on the namespace must deliver, per key in
+// revision order, every acknowledged change across kills and restarts,
+// and must not end by itself.
+func TestCheckWatchUnderFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault run")
+	}
+	ctx := context.Background()
+	d, err := inproc.Start(ctx, inproc.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	rep, err := check.Run(ctx, check.Config{
+		Duration:    18 * time.Second,
+		Seed:        uint64(time.Now().UnixNano()),
+		Connect:     d.Connect,
+		Injector:    d,
+		PauseHolder: true,
+		Watch:       true,
+		Progress:    testWriter{t},
+		OutDir:      t.TempDir(),
+	})
+	if rep != nil {
+		rep.Print(testWriter{t})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Watch == "" || rep.Watch == "0 events" {
+		t.Fatalf("the watch saw nothing: %q", rep.Watch)
+	}
+	if len(rep.Faults) == 0 {
+		t.Fatal("no fault was injected")
+	}
+}

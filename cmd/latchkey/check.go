@@ -18,7 +18,7 @@ import (
 )
 
 func checkCmd(ctx context.Context, args []string) error {
-	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process | --faults processes] [--edges LIST]
+	fs := newFlags("check", `check [--duration D] [--clients N] [--keys N] [--locks N] [--seed N] [--in-process | --faults processes] [--edges LIST] [--watch]
 
 Drives concurrent traffic (gets of both consistencies, puts, CAS puts,
 deletes, scans, lock sessions with fenced writes) against the deployment at
@@ -33,6 +33,7 @@ and client proxies) and, with --power-loss, power cuts. --edges adds
 workloads aimed at TTL instants and fence bounds (ttl: writes at the instant a key's TTL
 runs out; renew: renewals at a lease's end with a contender right after;
 fence-ttl: fences next to TTLs; fences: keys fenced by many locks; or all).
+--watch also follows the namespace with a watch and checks its events.
 Progress goes to stderr, the summary to stdout; the exit code is 1 when a
 violation was found.
 See docs/CORRECTNESS.md.`)
@@ -55,6 +56,7 @@ See docs/CORRECTNESS.md.`)
 	syncAlways := fs.Bool("sync-always", false, "with --faults processes: sync_interval always on every server")
 	powerLoss := fs.Bool("power-loss", false, "with --faults processes: put each server's store on a FUSE mount that drops what was not fsynced, and add power-loss faults (needs /dev/fuse)")
 	workDir := fs.String("work-dir", "", "with --faults processes: keep data, configs and process logs in this directory (default: a temporary one, removed)")
+	watch := fs.Bool("watch", false, "also follow the namespace with a watch and check its events (per key in revision order, covering every acknowledged change)")
 	history := fs.String("history", "", "write every recorded operation to this file as JSON lines")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -75,7 +77,7 @@ See docs/CORRECTNESS.md.`)
 		Edges:    edges,
 		Duration: *duration, Clients: *clients, Keys: *keys, Locks: *locks, Seed: *seed,
 		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
-		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out, HistoryFile: *history,
+		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out, HistoryFile: *history, Watch: *watch,
 	}
 	switch *faults {
 	case "", "processes":
