@@ -726,6 +726,14 @@ func serviceViolations(ctx context.Context, t *testing.T, s *stack) {
 			continue
 		}
 		n++
+		// A reply whose request arrived before the service's connection
+		// moved to another server (the kills and the TLS switch) has lost
+		// its allow_responses permission there: the reply is dropped and
+		// the caller times out (a 503), which the kill tests allow for.
+		// Such late replies to an _INBOX are not a missing permission.
+		if strings.Contains(line, "Publish Violation") && strings.Contains(line, "Subject \"_INBOX.") {
+			continue
+		}
 		for _, u := range []string{"user:router\"", "user:storage\"", "user:storage_events\"", "user:locker\""} {
 			if strings.Contains(line, u) {
 				t.Errorf("%s", line)
