@@ -57,6 +57,23 @@ func findAll(t *testing.T, spans tracetest.SpanStubs, service, name string) []tr
 	return found
 }
 
+// settled returns the exported spans once no new one has ended for 100 ms
+// (at most 2 s): a service ends its span after it sent the reply, so the
+// caller can hold the answer before the span is exported.
+func settled(exp *tracetest.InMemoryExporter) tracetest.SpanStubs {
+	deadline := time.Now().Add(2 * time.Second)
+	spans := exp.GetSpans()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		next := exp.GetSpans()
+		if len(next) == len(spans) {
+			return next
+		}
+		spans = next
+	}
+	return spans
+}
+
 // find returns the one span of service named name; it fails otherwise.
 func find(t *testing.T, spans tracetest.SpanStubs, service, name string) tracetest.SpanStub {
 	t.Helper()
@@ -120,7 +137,7 @@ func TestRequestWithoutContextStartsTraceAtRouter(t *testing.T) {
 	if err != nil || reply.Header.Get("Nats-Service-Error-Code") != "" {
 		t.Fatalf("put: %v %v", err, reply.Header)
 	}
-	spans := exp.GetSpans()
+	spans := settled(exp)
 	router := find(t, spans, "latchkey-router", "process latchkey.kv.put")
 	if router.Parent.IsValid() {
 		t.Fatalf("router span has parent %v; a request without context must start a trace", router.Parent)
@@ -177,7 +194,7 @@ func TestRequestWithTraceparentContinuesTrace(t *testing.T) {
 	if _, err := d.nc.RequestMsg(msg, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	spans := exp.GetSpans()
+	spans := settled(exp)
 	router := find(t, spans, "latchkey-router", "process latchkey.kv.get")
 	if router.SpanContext.TraceID().String() != traceID || router.Parent.SpanID().String() != parentID {
 		t.Fatalf("router span in trace %s under %s; want %s under %s",
@@ -212,7 +229,7 @@ func TestFencedWriteTraceSpansEveryService(t *testing.T) {
 	ctx, root := clientSpan(ctx, "fenced write")
 	fencedWrite(t, ctx, c, "trace-lock", "trace-key")
 	root.End()
-	spans := exp.GetSpans()
+	spans := settled(exp)
 	checkTree(t, spans, trace.SpanContext{})
 	services := map[string]bool{}
 	for _, s := range spans {
