@@ -2,6 +2,7 @@ package locker_test
 
 import (
 	"context"
+	"os"
 	"fmt"
 	"sync"
 	"testing"
@@ -386,6 +387,12 @@ func TestNoSecondHolderWhenReleaseMarkerExpires(t *testing.T) {
 // TestMarkerRaceDoubleHoldsWithoutGuard: the same race with the marker
 // guard off must produce a second holder.
 func TestMarkerRaceDoubleHoldsWithoutGuard(t *testing.T) {
+	// Its aim misses on some quiet runs (20 rounds without a hit once in
+	// CI), so it is opt-in until the aim is made reliable like the renewal
+	// race's; the guard-on test above runs always.
+	if os.Getenv("LATCHKEY_REPRO") != "1" {
+		t.Skip("set LATCHKEY_REPRO=1: proves the marker race can fail without the guard")
+	}
 	c := natstest.NewCluster(t)
 	doubles := 0
 	for round := 0; round < 20 && doubles == 0; round++ {
