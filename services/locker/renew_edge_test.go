@@ -2,8 +2,8 @@ package locker_test
 
 import (
 	"context"
-	"os"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
