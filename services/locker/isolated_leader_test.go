@@ -67,7 +67,7 @@ func isolatedLockGet(t *testing.T) (reached bool) {
 		conns[i] = c.Connect(t, []int{i})
 		startLocker(t, conns[i], 3)
 	}
-	t1 := acquireUntilAcked(t, lk{t, conns[0]}, name, "alice", 10*time.Second)
+	t1 := acquireUntilAcked(t, lk{t: t, nc: conns[0]}, name, "alice", 10*time.Second)
 	// Cut the node that leads both the stream and the meta group: that
 	// deposed leader answers raw reads alone the longest.
 	old := c.MetaLeader()
@@ -76,7 +76,7 @@ func isolatedLockGet(t *testing.T) (reached bool) {
 	}
 	c.MoveStreamLeader(stream, old)
 	majority := c.Others(old)
-	iso, maj := conns[old], lk{t, conns[majority[0]]}
+	iso, maj := conns[old], lk{t: t, nc: conns[majority[0]]}
 	t.Logf("setup %s: alice holds with token %d, stream and meta leader n%d (meta leader now n%d)",
 		time.Since(t0).Round(time.Millisecond), t1, old, c.MetaLeader())
 

@@ -39,8 +39,9 @@ func startLocker(t testing.TB, nc *nats.Conn, replicas int) *locker.Server {
 
 // lk calls the lock endpoints as an outside client would.
 type lk struct {
-	t  testing.TB
-	nc *nats.Conn
+	t   testing.TB
+	nc  *nats.Conn
+	set subjects.Set // zero: the default prefix
 }
 
 var set = subjects.New("")
@@ -48,7 +49,11 @@ var set = subjects.New("")
 func (l lk) call(endpoint string, req, resp proto.Message, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return service.Call(ctx, l.nc, set.Public(endpoint), nil, req, resp)
+	s := l.set
+	if s.Prefix == "" {
+		s = set
+	}
+	return service.Call(ctx, l.nc, s.Public(endpoint), nil, req, resp)
 }
 
 func (l lk) acquire(name, owner string, ttlMs, waitMs int64) (*pb.AcquireResponse, error) {
@@ -109,7 +114,7 @@ func reason(err error) string {
 func solo(t testing.TB) (*nats.Conn, lk) {
 	s := natstest.Server(t)
 	nc := natstest.Connect(t, s.ClientURL())
-	return nc, lk{t, nc}
+	return nc, lk{t: t, nc: nc}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -272,11 +277,11 @@ func TestHolderVanishes(t *testing.T) {
 	nc := natstest.Connect(t, s.ClientURL())
 	startLocker(t, nc, 1)
 	holder := natstest.Connect(t, s.ClientURL())
-	if _, err := (lk{t, holder}).acquire("v", "gone", 2000, 0); err != nil {
+	if _, err := (lk{t: t, nc: holder}).acquire("v", "gone", 2000, 0); err != nil {
 		t.Fatal(err)
 	}
 	holder.Close()
-	took := lk{t, nc}.waitFree("v", 2000*time.Millisecond+4*time.Second)
+	took := lk{t: t, nc: nc}.waitFree("v", 2000*time.Millisecond+4*time.Second)
 	t.Logf("free %s after the holder vanished (ttl 2s)", took)
 }
 
@@ -417,7 +422,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	stop := time.Now().Add(4 * time.Second)
 	for i := range 4 {
 		cn := natstest.Connect(t, c.URLs())
-		cl := lk{t, cn}
+		cl := lk{t: t, nc: cn}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

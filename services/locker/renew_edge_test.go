@@ -3,7 +3,6 @@ package locker_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -23,12 +22,12 @@ import (
 // It reads (lock.get) rather than acquires: a warm-up lease or release
 // marker expiring just before the pilot would move the server's expiry
 // passes and spoil the aim.
-func warmUp(t *testing.T, conns []*nats.Conn, round int) {
+func warmUp(t *testing.T, s subjects.Set, conns []*nats.Conn, round int) {
 	t.Helper()
 	for i, nc := range conns {
 		name := fmt.Sprintf("warm-%d-%d", round, i)
 		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			err := (lk{t: t, nc: nc}).call(subjects.LockGet, &pb.GetLockRequest{Name: name}, &pb.GetLockResponse{}, 5*time.Second)
+			err := (lk{t: t, nc: nc, set: s}).call(subjects.LockGet, &pb.GetLockRequest{Name: name}, &pb.GetLockResponse{}, 5*time.Second)
 			if err == nil {
 				break
 			} else if time.Now().After(deadline) {
@@ -52,6 +51,77 @@ func contend(l lk, name string, sent, next time.Time, ttlMs int64) (token uint64
 	return 0, false
 }
 
+// pilotLead is how much earlier than the batch the pilot is written. The
+// server's pass that expires the pilot commits its marker a few
+// milliseconds after the pilot's TTL ran out (8 ms seen on a quiet box);
+// a batch closer behind would partly expire in that same pass.
+const pilotLead = 30 * time.Millisecond
+
+// race is one round of an expiry race: a locker on a bucket of its own,
+// so that the server's expiry passes for an earlier round's leases cannot
+// shift this round's (each stream runs its own pass timer), a watch on
+// that bucket and eight warmed-up client connections.
+type race struct {
+	t     *testing.T
+	set   subjects.Set
+	nc    *nats.Conn
+	conns []*nats.Conn
+	w     *natstest.ExpiryWatch
+	stop  func()
+}
+
+// startRace starts the round's locker under prefix (its bucket is
+// <prefix>_locks) and waits until every connection reaches it.
+func startRace(t *testing.T, c *natstest.Cluster, cfg locker.Config, prefix string) *race {
+	t.Helper()
+	r := &race{t: t, set: subjects.New(prefix), nc: natstest.Connect(t, c.URLs()), conns: make([]*nats.Conn, 8)}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cfg.Logger, cfg.Prefix = quiet, prefix
+	s, err := locker.Start(ctx, r.nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(r.nc)
+	r.w = natstest.WatchExpiries(t, js, "KV_"+r.set.LockBucket())
+	r.stop = func() {
+		_ = s.Stop(context.Background())
+		// The bucket is only this round's: drop it so later rounds run
+		// on a cluster no busier than the first.
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer dcancel()
+		_ = js.DeleteStream(dctx, "KV_"+r.set.LockBucket())
+	}
+	for i := range r.conns {
+		r.conns[i] = natstest.Connect(t, c.URLs())
+	}
+	warmUp(t, r.set, append([]*nats.Conn{r.nc}, r.conns...), 0)
+	return r
+}
+
+func (r *race) close() { r.stop() }
+
+// lk is a client on the round's own connection.
+func (r *race) lk() lk { return lk{t: r.t, nc: r.nc, set: r.set} }
+
+// client is a client on one of the round's connections, picked by i.
+func (r *race) client(i int) lk { return lk{t: r.t, nc: r.conns[i%len(r.conns)], set: r.set} }
+
+// nextPass waits for the server to expire the pilot and returns when its
+// next pass will run: the batch (acquired just after the pilot) expires
+// then. If a batch member's marker already came with the pilot's, the
+// pilot's pass ran late and the aim is lost: the round is skipped rather
+// than counted as a race that did not happen.
+func (r *race) nextPass(pilot, batchMember string) time.Time {
+	r.t.Helper()
+	at := r.w.AwaitMarker(r.t, jskv.EncodeKey(pilot))
+	time.Sleep(5 * time.Millisecond)
+	if bt, early := r.w.Marker(jskv.EncodeKey(batchMember)); early {
+		r.t.Logf("%s: the batch expired in the pilot's pass; no race this round (pilot marker %v, batch marker %v)", r.set.Prefix, at.Format("05.000"), bt.Format("05.000"))
+	}
+	return at.Add(natstest.ExpiryPass)
+}
+
 // renewRace is the outcome of one raceRenewals run.
 type renewRace struct {
 	attempts, acked, tooLate, atEdge, doubles int
@@ -61,42 +131,27 @@ type renewRace struct {
 // on a 3-node cluster, and after every acknowledged renewal has a second
 // client try to acquire the lock. The aim is the one of the storage TTL
 // test: a pilot lock reveals the server's expiry pass, the batch, acquired
-// 5 ms later, is expired together in the next pass 250 ms after, and the
+// pilotLead later, is expired together in the next pass 250 ms after, and the
 // renewals are sent within a few milliseconds of it. A few renewals go
 // out a little earlier, just outside the guard, so acknowledged renewals
 // close to the edge are tested too.
 func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, round int) renewRace {
 	t.Helper()
-	nc := natstest.Connect(t, c.URLs())
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cfg.Logger = quiet
-	s, err := locker.Start(ctx, nc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop(context.Background())
-	js, _ := jetstream.New(nc)
-	w := natstest.WatchExpiries(t, js, "KV_"+set.LockBucket())
+	r := startRace(t, c, cfg, fmt.Sprintf("rr%d", round))
+	defer r.close()
+	w, client := r.w, r.client
+	name := func(i int) string { return fmt.Sprintf("lock%04d", i) }
 
-	conns := make([]*nats.Conn, 8)
-	for i := range conns {
-		conns[i] = natstest.Connect(t, c.URLs())
-	}
-	name := func(i int) string { return fmt.Sprintf("r%d-lock%04d", round, i) }
-	client := func(i int) lk { return lk{t: t, nc: conns[i%len(conns)]} }
-
-	pilot := fmt.Sprintf("r%d-pilot", round)
-	warmUp(t, append([]*nats.Conn{nc}, conns...), round)
-	lk{t: t, nc: nc}.mustAcquire(pilot, "pilot", 1000)
-	time.Sleep(5 * time.Millisecond)
+	pilot := "pilot"
+	r.lk().mustAcquire(pilot, "pilot", 1000)
+	time.Sleep(pilotLead)
 	tokens := make([]uint64, locks)
 	var wg sync.WaitGroup
-	for g := range 2 * len(conns) {
+	for g := range 2 * len(r.conns) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := g; i < locks; i += 2 * len(conns) {
+			for i := g; i < locks; i += 2 * len(r.conns) {
 				tokens[i] = client(g).mustAcquire(name(i), "first", 1000)
 			}
 		}()
@@ -154,7 +209,7 @@ func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, r
 		wg.Add(1)
 		go renewAt(i, expiry[i].Add(-locker.DefaultRenewGuard-20*time.Millisecond))
 	}
-	next = w.AwaitMarker(t, jskv.EncodeKey(pilot)).Add(natstest.ExpiryPass)
+	next = r.nextPass(pilot, name(1))
 	close(aim)
 	for i := range locks {
 		if i%10 != 0 && expiry[i].Before(next) {
@@ -265,49 +320,37 @@ func TestRenewInsideTheGuard(t *testing.T) {
 // to acquire: it must fail while the first lease lasts.
 func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, round int) renewRace {
 	t.Helper()
-	nc := natstest.Connect(t, c.URLs())
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cfg.Logger, cfg.ReleaseMarkerTTL = quiet, time.Second
-	s, err := locker.Start(ctx, nc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Stop(context.Background())
-	js, _ := jetstream.New(nc)
-	w := natstest.WatchExpiries(t, js, "KV_"+set.LockBucket())
-	conns := make([]*nats.Conn, 8)
-	for i := range conns {
-		conns[i] = natstest.Connect(t, c.URLs())
-	}
-	name := func(i int) string { return fmt.Sprintf("m%d-lock%04d", round, i) }
-	client := func(i int) lk { return lk{t: t, nc: conns[i%len(conns)]} }
+	cfg.ReleaseMarkerTTL = time.Second
+	r := startRace(t, c, cfg, fmt.Sprintf("rm%d", round))
+	defer r.close()
+	w, client := r.w, r.client
+	name := func(i int) string { return fmt.Sprintf("lock%04d", i) }
 	// released returns the sequence of name's release marker.
 	released := func(l lk, name string) uint64 {
 		tok := l.mustAcquire(name, "first", 60000)
 		if err := l.release(name, tok); err != nil {
 			t.Fatal(err)
 		}
-		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-		defer ccancel()
-		m, found, err := jskv.LeaderGet(cctx, nc, "KV_"+set.LockBucket(), "$KV."+set.LockBucket()+"."+jskv.EncodeKey(name))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		bucket := r.set.LockBucket()
+		m, found, err := jskv.LeaderGet(ctx, r.nc, "KV_"+bucket, "$KV."+bucket+"."+jskv.EncodeKey(name))
 		if err != nil || !found {
 			t.Fatalf("release marker of %s: %v", name, err)
 		}
 		return m.Seq
 	}
 
-	pilot := fmt.Sprintf("m%d-pilot", round)
-	warmUp(t, append([]*nats.Conn{nc}, conns...), 1000+round)
-	released(lk{t: t, nc: nc}, pilot)
-	time.Sleep(5 * time.Millisecond)
+	pilot := "pilot"
+	released(r.lk(), pilot)
+	time.Sleep(pilotLead)
 	markers := make([]uint64, locks)
 	var wg sync.WaitGroup
-	for g := range 2 * len(conns) {
+	for g := range 2 * len(r.conns) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := g; i < locks; i += 2 * len(conns) {
+			for i := g; i < locks; i += 2 * len(r.conns) {
 				markers[i] = released(client(g), name(i))
 			}
 		}()
@@ -317,7 +360,7 @@ func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config,
 	for i, seq := range markers {
 		expiry[i] = w.StoredAt(t, seq).Add(time.Second)
 	}
-	next := w.AwaitMarker(t, jskv.EncodeKey(pilot)).Add(natstest.ExpiryPass)
+	next := r.nextPass(pilot, name(1))
 
 	var (
 		mu  sync.Mutex
@@ -387,12 +430,6 @@ func TestNoSecondHolderWhenReleaseMarkerExpires(t *testing.T) {
 // TestMarkerRaceDoubleHoldsWithoutGuard: the same race with the marker
 // guard off must produce a second holder.
 func TestMarkerRaceDoubleHoldsWithoutGuard(t *testing.T) {
-	// Its aim misses on some quiet runs (20 rounds without a hit once in
-	// CI), so it is opt-in until the aim is made reliable like the renewal
-	// race's; the guard-on test above runs always.
-	if os.Getenv("LATCHKEY_REPRO") != "1" {
-		t.Skip("set LATCHKEY_REPRO=1: proves the marker race can fail without the guard")
-	}
 	c := natstest.NewCluster(t)
 	doubles := 0
 	for round := 0; round < 20 && doubles == 0; round++ {
@@ -418,7 +455,7 @@ func TestRenewWhileLockGetPolled(t *testing.T) {
 	for i := range conns {
 		conns[i] = natstest.Connect(t, c.URLs())
 	}
-	warmUp(t, append(conns, nc), 0)
+	warmUp(t, set, append(conns, nc), 0)
 	l := lk{t: t, nc: nc}
 	tok := l.mustAcquire("polled", "holder", 2000)
 	stop := make(chan struct{})

@@ -33,7 +33,7 @@ func TestWaitAnswersBeforeCallerDeadline(t *testing.T) {
 	t.Cleanup(s.Shutdown)
 	startLocker(t, natstest.Connect(t, s.ClientURL(), nats.UserInfo("locker", "l"),
 		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})), 1) // the denials are the point
-	l := lk{t, natstest.Connect(t, s.ClientURL(), nats.UserInfo("client", "c"))}
+	l := lk{t: t, nc: natstest.Connect(t, s.ClientURL(), nats.UserInfo("client", "c"))}
 	l.mustAcquire("busy", "holder", 60000)
 
 	const callerTimeout = 1500 * time.Millisecond
