@@ -9,6 +9,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
@@ -34,15 +35,46 @@ var (
 	ErrInternal = apierr.ErrInternal
 )
 
+// Sentinel errors, one per reason a caller acts on (docs/API.md lists every
+// reason). They match with errors.Is on what a call returns, also through
+// wrapping; the sentinels of the status codes above match too, so
+// errors.Is(err, ErrConflict) and errors.Is(err, ErrLockHeld) both hold for
+// a held lock.
+var (
+	// ErrRevisionMismatch: a write's expected revision is not the key's (409).
+	ErrRevisionMismatch error = apierr.ReasonRevisionMismatch
+	// ErrStaleFence: a newer token of the fence's lock already wrote the key (409).
+	ErrStaleFence error = apierr.ReasonStaleFence
+	// ErrLockHeld: someone else holds the lock, also after the wait (409).
+	ErrLockHeld error = apierr.ReasonLockHeld
+	// ErrNotHeld: the token no longer holds the lock: released, expired or
+	// taken over (409).
+	ErrNotHeld error = apierr.ReasonNotHeld
+	// ErrRenewTooLate: the lease ran out while the renewal was under way (409).
+	ErrRenewTooLate error = apierr.ReasonRenewTooLate
+	// ErrFencedKeyTTL: ttl_ms on a key that carries fences (409).
+	ErrFencedKeyTTL error = apierr.ReasonFencedKeyTTL
+	// ErrTooManyFences: the key is already fenced by the most locks it may
+	// carry (409).
+	ErrTooManyFences error = apierr.ReasonTooManyFences
+	// ErrUnknownToken: a fence token lock.acquire never issued (400).
+	ErrUnknownToken error = apierr.ReasonUnknownToken
+	// ErrCursorExpired: a watch cursor the shard no longer holds; start
+	// over with WatchInitial (409).
+	ErrCursorExpired error = apierr.ReasonCursorExpired
+)
+
 // Error is the error type of every failed call. Reason is a stable
 // machine-readable word ("revision_mismatch", "stale_fence", "lock_held",
 // ...); Message says what went wrong.
 type Error = apierr.Error
 
-// Reason returns the machine-readable reason of err, or "" if err did not
-// come from a latchkey service.
+// Reason returns the machine-readable reason of err, or of the *Error it
+// wraps, or "" if err did not come from a latchkey service. To act on a
+// reason, errors.Is(err, ErrLockHeld) and friends read better.
 func Reason(err error) string {
-	if e, ok := err.(*Error); ok {
+	var e *Error
+	if errors.As(err, &e) {
 		return e.Reason
 	}
 	return ""

@@ -41,7 +41,7 @@ func (c *Client) Get(ctx context.Context, key string, opts ...GetOption) (*Entry
 		return nil, err
 	}
 	if !resp.GetFound() {
-		return nil, apierr.New(ErrNotFound, "not_found", "key %q not found", key)
+		return nil, apierr.Errorf(apierr.ReasonNotFound, "key %q not found", key)
 	}
 	return &Entry{Key: key, Value: resp.GetValue(), Revision: resp.GetRevision()}, nil
 }
@@ -127,7 +127,7 @@ func (c *Client) Put(ctx context.Context, key string, value []byte, opts ...Writ
 func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (deleted bool, revision uint64, err error) {
 	o := collect(opts)
 	if o.ttl != 0 {
-		return false, 0, apierr.Invalid("ttl_on_delete", "WithTTL applies to Put only, not Delete")
+		return false, 0, apierr.Errorf(apierr.ReasonTTLOnDelete, "WithTTL applies to Put only, not Delete")
 	}
 	req := &pb.DeleteRequest{Key: key, ExpectedRevision: o.expected, Fence: o.fence}
 	resp := &pb.DeleteResponse{}
@@ -218,7 +218,7 @@ func (c *Client) ScanAll(ctx context.Context, prefix string, opts ...ScanOption)
 			if len(page.Items) == 0 {
 				// Without a last key there is no way forward; looping
 				// would ask for the same page for ever.
-				yield(Entry{}, apierr.New(ErrInternal, "empty_page", "scan of %q returned an empty page that claims more keys", prefix))
+				yield(Entry{}, apierr.Errorf(apierr.ReasonEmptyPage, "scan of %q returned an empty page that claims more keys", prefix))
 				return
 			}
 			req.After = page.Items[len(page.Items)-1].Key

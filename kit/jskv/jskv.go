@@ -114,27 +114,27 @@ func LeaderGet(ctx context.Context, nc *nats.Conn, stream, subject string) (*Msg
 		if errors.Is(err, context.Canceled) {
 			return nil, false, err
 		}
-		return nil, false, apierr.Unavailable("jetstream_read", "reading %s from stream %s failed: %v", subject, stream, err)
+		return nil, false, apierr.Errorf(apierr.ReasonJetStreamRead, "reading %s from stream %s failed: %v", subject, stream, err)
 	}
 	var r msgGetReply
 	if err := json.Unmarshal(reply.Data, &r); err != nil {
-		return nil, false, apierr.Unavailable("jetstream_read", "stream %s answered a read with malformed JSON: %v", stream, err)
+		return nil, false, apierr.Errorf(apierr.ReasonJetStreamRead, "stream %s answered a read with malformed JSON: %v", stream, err)
 	}
 	if r.Error != nil {
 		if r.Error.ErrCode == codeNoMessage || (r.Error.ErrCode == 0 && r.Error.Code == 404) {
 			return nil, false, nil
 		}
-		return nil, false, apierr.Unavailable("jetstream_read", "reading %s from stream %s: %s (err_code %d)",
+		return nil, false, apierr.Errorf(apierr.ReasonJetStreamRead, "reading %s from stream %s: %s (err_code %d)",
 			subject, stream, r.Error.Description, r.Error.ErrCode)
 	}
 	if r.Message == nil {
-		return nil, false, apierr.Unavailable("jetstream_read", "stream %s answered a read without a message", stream)
+		return nil, false, apierr.Errorf(apierr.ReasonJetStreamRead, "stream %s answered a read without a message", stream)
 	}
 	m := &Msg{Subject: r.Message.Subject, Seq: r.Message.Seq, Data: r.Message.Data, Time: r.Message.Time}
 	if len(r.Message.Hdrs) > 0 {
 		h, err := nats.DecodeHeadersMsg(r.Message.Hdrs)
 		if err != nil {
-			return nil, false, apierr.Unavailable("jetstream_read", "stream %s returned unreadable headers: %v", stream, err)
+			return nil, false, apierr.Errorf(apierr.ReasonJetStreamRead, "stream %s returned unreadable headers: %v", stream, err)
 		}
 		m.Header = h
 	}
@@ -217,7 +217,7 @@ func publishError(subject string, err error) error {
 		case codeWrongLastSeq, codeWrongLastSeqConst:
 			return fmt.Errorf("%w: %s: %s", ErrWrongLastSequence, subject, apiErr.Description)
 		case codeLastSeqNotReady:
-			return apierr.Unavailable("jetstream_busy", "write to %s not checked, retry: %s", subject, apiErr.Description)
+			return apierr.Errorf(apierr.ReasonJetStreamBusy, "write to %s not checked, retry: %s", subject, apiErr.Description)
 		}
 	}
 	if e := TooLargeError("write to "+subject, err); e != nil {
@@ -226,7 +226,7 @@ func publishError(subject string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return apierr.Unavailable("jetstream_write", "write to %s failed: %v", subject, err)
+	return apierr.Errorf(apierr.ReasonJetStreamWrite, "write to %s failed: %v", subject, err)
 }
 
 // TooLarge reports whether err is NATS or JetStream refusing a message for
@@ -262,7 +262,7 @@ func TooLargeError(what string, err error) *apierr.Error {
 	if !TooLarge(err) {
 		return nil
 	}
-	return apierr.TooLarge("too_large", "%s refused: the message is larger than NATS allows: %v", what, err)
+	return apierr.Errorf(apierr.ReasonTooLarge, "%s refused: the message is larger than NATS allows: %v", what, err)
 }
 
 // TTLHeader returns the Nats-TTL header value for a TTL of ms

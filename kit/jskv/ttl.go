@@ -66,16 +66,16 @@ func ConfirmLast(ctx context.Context, js jetstream.JetStream, barrier, subject s
 		case codeWrongLastSeq, codeWrongLastSeqConst:
 			return 0, fmt.Errorf("%w: %s: %s", ErrWrongLastSequence, subject, apiErr.Description)
 		case codeLastSeqNotReady:
-			return 0, apierr.Unavailable("jetstream_busy", "confirming %s: %s; retry", subject, apiErr.Description)
+			return 0, apierr.Errorf(apierr.ReasonJetStreamBusy, "confirming %s: %s; retry", subject, apiErr.Description)
 		}
 	}
 	if errors.Is(err, context.Canceled) {
 		return 0, err
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-		return 0, apierr.Unavailable("no_quorum", "no quorum confirmed %s in time: the stream leader may be cut off; retry", subject)
+		return 0, apierr.Errorf(apierr.ReasonNoQuorum, "no quorum confirmed %s in time: the stream leader may be cut off; retry", subject)
 	}
-	return 0, apierr.Unavailable("no_quorum", "confirming %s failed: %v", subject, err)
+	return 0, apierr.Errorf(apierr.ReasonNoQuorum, "confirming %s failed: %v", subject, err)
 }
 
 // MaxInFlightWaits bounds how often one operation waits out another
@@ -92,13 +92,13 @@ const MaxInFlightWaits = 64
 // passes MaxInFlightWaits.
 func WaitInFlight(ctx context.Context, subject string, n int) error {
 	if n > MaxInFlightWaits {
-		return apierr.Unavailable("contention", "%s stayed busy with other writes through %d tries; retry", subject, MaxInFlightWaits)
+		return apierr.Errorf(apierr.ReasonContention, "%s stayed busy with other writes through %d tries; retry", subject, MaxInFlightWaits)
 	}
 	t := time.NewTimer(min(time.Duration(n)*time.Millisecond, 20*time.Millisecond))
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return apierr.Unavailable("contention", "%s stayed busy with other writes until the deadline; retry", subject)
+		return apierr.Errorf(apierr.ReasonContention, "%s stayed busy with other writes until the deadline; retry", subject)
 	case <-t.C:
 		return nil
 	}

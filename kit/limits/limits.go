@@ -23,26 +23,42 @@ const (
 	MaxTTLMillis = 365 * 24 * 3600 * 1000
 )
 
-// Key checks a key (or a key-like string such as a scan prefix when
-// allowEmpty is set).
-func Key(field, key string, allowEmpty bool) error {
-	return text(field, key, MaxKeyBytes, allowEmpty)
+// Field is a checked text field: its name for messages and the fixed
+// reasons its failures carry (reasons are never built from the name, so
+// they stay snake_case words of apierr). Empty is "" for a field that may
+// be empty.
+type Field struct {
+	Name                    string
+	Empty, TooLong, Invalid apierr.Reason
 }
 
+// The text fields of the v1 requests.
+var (
+	KeyField       = Field{"key", apierr.ReasonEmptyKey, apierr.ReasonKeyTooLong, apierr.ReasonInvalidKey}
+	PrefixField    = Field{"prefix", "", apierr.ReasonPrefixTooLong, apierr.ReasonInvalidPrefix}
+	AfterField     = Field{"after", "", apierr.ReasonAfterTooLong, apierr.ReasonInvalidAfter}
+	NameField      = Field{"name", apierr.ReasonEmptyName, apierr.ReasonNameTooLong, apierr.ReasonInvalidName}
+	OwnerField     = Field{"owner", apierr.ReasonEmptyOwner, apierr.ReasonOwnerTooLong, apierr.ReasonInvalidOwner}
+	FenceLockField = Field{"fence.lock", apierr.ReasonEmptyFenceLock, apierr.ReasonFenceLockTooLong, apierr.ReasonInvalidFenceLock}
+)
+
+// Key checks a key, or a key-like string such as a scan prefix.
+func Key(f Field, key string) error { return text(f, key, MaxKeyBytes) }
+
 // LockName checks a lock name.
-func LockName(field, name string) error { return text(field, name, MaxLockNameBytes, false) }
+func LockName(f Field, name string) error { return text(f, name, MaxLockNameBytes) }
 
 // Owner checks a lock owner.
-func Owner(owner string) error { return text("owner", owner, MaxOwnerBytes, false) }
+func Owner(owner string) error { return text(OwnerField, owner, MaxOwnerBytes) }
 
-func text(field, s string, max int, allowEmpty bool) error {
+func text(f Field, s string, max int) error {
 	switch {
-	case s == "" && !allowEmpty:
-		return apierr.Invalid("empty_"+field, "%s must not be empty", field)
+	case s == "" && f.Empty != "":
+		return apierr.Errorf(f.Empty, "%s must not be empty", f.Name)
 	case len(s) > max:
-		return apierr.TooLarge(field+"_too_long", "%s is %d bytes; the limit is %d bytes", field, len(s), max)
+		return apierr.Errorf(f.TooLong, "%s is %d bytes; the limit is %d bytes", f.Name, len(s), max)
 	case !utf8.ValidString(s):
-		return apierr.Invalid("invalid_"+field, "%s is not valid UTF-8", field)
+		return apierr.Errorf(f.Invalid, "%s is not valid UTF-8", f.Name)
 	}
 	return nil
 }
@@ -50,21 +66,21 @@ func text(field, s string, max int, allowEmpty bool) error {
 // Value checks a value against the deployment's maximum.
 func Value(v []byte, max int) error {
 	if len(v) > max {
-		return apierr.TooLarge("value_too_large", "value is %d bytes; the limit is %d bytes", len(v), max)
+		return apierr.Errorf(apierr.ReasonValueTooLarge, "value is %d bytes; the limit is %d bytes", len(v), max)
 	}
 	return nil
 }
 
-// TTL checks a time-to-live in milliseconds. Zero means "none" where
-// optional is set.
-func TTL(field string, ms int64, optional bool) error {
+// TTL checks a ttl_ms, the one time-to-live field of the API. Zero means
+// "none" where optional is set.
+func TTL(ms int64, optional bool) error {
 	switch {
 	case ms == 0 && optional:
 		return nil
 	case ms < MinTTLMillis:
-		return apierr.Invalid(field+"_too_short", "%s is %d; it must be at least %d", field, ms, MinTTLMillis)
+		return apierr.Errorf(apierr.ReasonTTLTooShort, "ttl_ms is %d; it must be at least %d", ms, MinTTLMillis)
 	case ms > MaxTTLMillis:
-		return apierr.Invalid(field+"_too_long", "%s is %d; it must be at most %d (one year)", field, ms, MaxTTLMillis)
+		return apierr.Errorf(apierr.ReasonTTLTooLong, "ttl_ms is %d; it must be at most %d (one year)", ms, MaxTTLMillis)
 	}
 	return nil
 }
@@ -75,7 +91,7 @@ func ScanLimit(n uint32) (int, error) {
 	case n == 0:
 		return DefaultScanLimit, nil
 	case n > MaxScanLimit:
-		return 0, apierr.Invalid("limit_too_large", "limit is %d; it must be at most %d", n, MaxScanLimit)
+		return 0, apierr.Errorf(apierr.ReasonLimitTooLarge, "limit is %d; it must be at most %d", n, MaxScanLimit)
 	}
 	return int(n), nil
 }

@@ -179,7 +179,7 @@ func (s *Service) dispatch(ep Endpoint, st *endpointStats, r micro.Request) {
 	case s.slots <- struct{}{}:
 	default:
 		_, span := telemetry.StartServer(s.ctx, msg, ep.Name)
-		s.reply(ep, st, req, time.Now(), nil, apierr.Unavailable("overloaded",
+		s.reply(ep, st, req, time.Now(), nil, apierr.Errorf(apierr.ReasonOverloaded,
 			"%s has %d requests in flight; retry", s.cfg.Name, s.cfg.MaxInFlight), span)
 		return
 	}
@@ -214,7 +214,7 @@ func (s *Service) reply(ep Endpoint, st *endpointStats, req *Request, start time
 		if errors.Is(perr, nats.ErrMaxPayload) {
 			// Every request gets a reply: one NATS cannot carry becomes a
 			// small 413, counted as the error it is.
-			err = apierr.TooLarge("reply_too_large", "%s: the %s reply is %d bytes (plus headers); the NATS server's max_payload is %d bytes",
+			err = apierr.Errorf(apierr.ReasonReplyTooLarge, "%s: the %s reply is %d bytes (plus headers); the NATS server's max_payload is %d bytes",
 				s.cfg.Name, ep.Name, len(out.Data), s.nc.MaxPayload())
 			out, code, err = s.message(ep, req, nil, err)
 			perr = s.nc.PublishMsg(out)
@@ -248,12 +248,13 @@ func (s *Service) message(ep Endpoint, req *Request, resp proto.Message, err err
 	if err != nil {
 		switch {
 		case errors.Is(err, context.DeadlineExceeded):
-			err = apierr.Unavailable("timeout", "%s: request timed out: %v", s.cfg.Name, err)
+			// apierr.From makes it the 503 timeout; the message names us.
+			err = fmt.Errorf("%s: request timed out: %w", s.cfg.Name, err)
 		case errors.Is(err, context.Canceled):
 			// Only Stop cancels request contexts (or a service's own stop
 			// cancels what a handler waits on): the request was cut short
 			// by shutdown, not wrong, so another instance can serve it.
-			err = apierr.Unavailable("shutting_down", "%s is shutting down; retry", s.cfg.Name)
+			err = apierr.Errorf(apierr.ReasonShuttingDown, "%s is shutting down; retry", s.cfg.Name)
 		case jskv.TooLarge(err):
 			// A message NATS refuses for its size stays refused: retrying
 			// (a 503) cannot help, the caller must send less.

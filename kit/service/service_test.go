@@ -26,7 +26,7 @@ func echo(ctx context.Context, r *service.Request) (proto.Message, error) {
 	}
 	switch in.Key {
 	case "conflict":
-		return nil, apierr.Conflict("revision_mismatch", "revision is 3, not 2")
+		return nil, apierr.Errorf(apierr.ReasonRevisionMismatch, "revision is 3, not 2")
 	case "panic-free-bug":
 		return nil, errors.New("boom")
 	case "slow":

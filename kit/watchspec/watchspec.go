@@ -28,7 +28,7 @@ func ValidWatchID(id string) bool { return watchIDPattern.MatchString(id) }
 // are 400 invalid_deliver.
 func ValidDeliver(s string) error {
 	bad := func(why string) error {
-		return apierr.Invalid("invalid_deliver", "deliver %q must be a subject under _INBOX.: %s", s, why)
+		return apierr.Errorf(apierr.ReasonInvalidDeliver, "deliver %q must be a subject under _INBOX.: %s", s, why)
 	}
 	if !strings.HasPrefix(s, "_INBOX.") {
 		return bad("it does not start with _INBOX.")
@@ -66,7 +66,7 @@ func ParseCursor(c string) (seq uint64, unixMs int64, err error) {
 		}
 	}
 	if !ok || err != nil {
-		return 0, 0, apierr.Invalid("invalid_cursor", "cursor %q is not one latchkey handed out (<seq>-<unix_ms>)", c)
+		return 0, 0, apierr.Errorf(apierr.ReasonInvalidCursor, "cursor %q is not one latchkey handed out (<seq>-<unix_ms>)", c)
 	}
 	return seq, unixMs, nil
 }

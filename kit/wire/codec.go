@@ -45,7 +45,7 @@ func Decode(data []byte, asJSON bool, m proto.Message) error {
 		if asJSON {
 			kind = "JSON"
 		}
-		return apierr.Invalid("malformed_body", "cannot read the %s body as %s: %v",
+		return apierr.Errorf(apierr.ReasonMalformedBody, "cannot read the %s body as %s: %v",
 			kind, m.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return nil

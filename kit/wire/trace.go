@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -109,22 +110,6 @@ func End(span trace.Span, code int, err error) {
 	span.End()
 }
 
-// Outcome names an API status code for metric labels and span attributes:
-// ok, invalid, not_found, conflict, too_large, unavailable or error.
-func Outcome(code int) string {
-	switch code {
-	case 200:
-		return "ok"
-	case 400:
-		return "invalid"
-	case 404:
-		return "not_found"
-	case 409:
-		return "conflict"
-	case 413:
-		return "too_large"
-	case 503:
-		return "unavailable"
-	}
-	return "error"
-}
+// Outcome names an API status code for metric labels and span attributes
+// (apierr.Outcome, the one table).
+func Outcome(code int) string { return apierr.Outcome(code) }

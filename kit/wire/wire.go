@@ -45,7 +45,7 @@ func Call(ctx context.Context, nc *nats.Conn, subject string, hdr nats.Header, r
 func CallWith(ctx context.Context, tr trace.Tracer, nc *nats.Conn, subject string, hdr nats.Header, req, resp proto.Message) error {
 	data, err := proto.Marshal(req)
 	if err != nil {
-		return apierr.New(apierr.ErrInvalid, "encode", "cannot encode request: %v", err)
+		return apierr.Errorf(apierr.ReasonEncode, "cannot encode request: %v", err)
 	}
 	if hdr == nil {
 		hdr = nats.Header{}
@@ -60,11 +60,7 @@ func CallWith(ctx context.Context, tr trace.Tracer, nc *nats.Conn, subject strin
 	} else {
 		err = DecodeReply(reply, resp)
 	}
-	code := 200
-	if err != nil {
-		code = apierr.From(err).Code()
-	}
-	End(span, code, err)
+	End(span, apierr.Code(err), err)
 	return err
 }
 
@@ -80,13 +76,13 @@ func operation(subject string) string {
 func TransportError(subject string, err error) error {
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return apierr.Unavailable("no_responders", "nothing serves %s: %v", subject, err)
+		return apierr.Errorf(apierr.ReasonNoResponders, "nothing serves %s: %v", subject, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return apierr.Unavailable("timeout", "no reply on %s in time", subject)
+		return apierr.Errorf(apierr.ReasonTimeout, "no reply on %s in time", subject)
 	case errors.Is(err, context.Canceled):
 		return err
 	}
-	return apierr.Unavailable("nats", "request on %s failed: %v", subject, err)
+	return apierr.Errorf(apierr.ReasonNATS, "request on %s failed: %v", subject, err)
 }
 
 // DecodeReply turns a reply into resp, or into the *apierr.Error it carries.
@@ -97,7 +93,7 @@ func DecodeReply(reply *nats.Msg, resp proto.Message) error {
 		return apierr.FromHeaders(code, reply.Header.Get(apierr.HeaderMessage), body.GetReason())
 	}
 	if err := proto.Unmarshal(reply.Data, resp); err != nil {
-		return apierr.New(apierr.ErrInternal, "malformed_reply", "cannot read reply as %s: %v",
+		return apierr.Errorf(apierr.ReasonMalformedReply, "cannot read reply as %s: %v",
 			resp.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return nil

@@ -47,7 +47,7 @@ func ackedLate(l lease) bool {
 }
 
 func renewTooLate(name string, token uint64, l lease, guard time.Duration) error {
-	return apierr.Conflict("renew_too_late",
+	return apierr.Errorf(apierr.ReasonRenewTooLate,
 		"renewal of lock %q (token %d) came %v before its lease ends on the server, inside the %v guard; the lease may already be gone: acquire again",
 		name, token, time.Until(l.exp).Round(time.Millisecond), guard)
 }
@@ -62,7 +62,7 @@ func (s *Server) awaitChange(ctx context.Context, name string, l lease) error {
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return apierr.Unavailable("expiry_pending", "lock %q: waiting for the server to expire its release marker; retry", name)
+				return apierr.Errorf(apierr.ReasonExpiryPending, "lock %q: waiting for the server to expire its release marker; retry", name)
 			case <-t.C:
 			}
 		}
@@ -98,7 +98,7 @@ func (s *Server) confirmRenewal(ctx context.Context, name string, token, seq uin
 		return nil // renewed again since, by the same holder
 	}
 	renewalsLost.Inc()
-	return apierr.Conflict("renew_too_late",
+	return apierr.Errorf(apierr.ReasonRenewTooLate,
 		"renewal of lock %q (token %d) landed as its lease expired and the server's expiry removed it; the lock is not held: acquire again", name, token)
 }
 
@@ -123,7 +123,7 @@ func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) 
 		if attempt > 0 && l.seq == last {
 			select {
 			case <-ctx.Done():
-				return lease{}, apierr.Unavailable("no_quorum", "lock %q: the read could not be confirmed by a quorum in time; retry", name)
+				return lease{}, apierr.Errorf(apierr.ReasonNoQuorum, "lock %q: the read could not be confirmed by a quorum in time; retry", name)
 			case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
 			}
 		}
@@ -138,6 +138,6 @@ func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) 
 			return lease{}, err
 		}
 	}
-	return lease{}, apierr.Unavailable("no_quorum",
+	return lease{}, apierr.Errorf(apierr.ReasonNoQuorum,
 		"lock %q: %d reads in a row could not be confirmed by a quorum (the lock kept changing, or its stream leader is cut off); retry", name, confirmAttempts)
 }

@@ -229,7 +229,7 @@ func (s *Server) read(ctx context.Context, name string) (lease, error) {
 	}
 	rec := &pb.LockRecord{}
 	if err := proto.Unmarshal(m.Data, rec); err != nil {
-		return lease{}, apierr.New(apierr.ErrInternal, "corrupt_lock", "lock %q has an unreadable record at sequence %d: %v", name, m.Seq, err)
+		return lease{}, apierr.Errorf(apierr.ReasonCorruptLock, "lock %q has an unreadable record at sequence %d: %v", name, m.Seq, err)
 	}
 	if rec.Token == 0 {
 		rec.Token = m.Seq // the acquiring write: its own sequence is the token
@@ -277,15 +277,15 @@ func describe(ctx context.Context, name string, token uint64) {
 func grantedTTL(ms int64) int64 { return jskv.CeilSeconds(ms) * 1000 }
 
 func heldError(name string, l lease) error {
-	return apierr.Conflict("lock_held", "lock %q is held (owner %q, token %d)", name, l.record.GetOwner(), l.record.GetToken())
+	return apierr.Errorf(apierr.ReasonLockHeld, "lock %q is held (owner %q, token %d)", name, l.record.GetOwner(), l.record.GetToken())
 }
 
 func notHeld(name string, token uint64) error {
-	return apierr.Conflict("not_held", "token %d does not hold lock %q (released, expired or taken over)", token, name)
+	return apierr.Errorf(apierr.ReasonNotHeld, "token %d does not hold lock %q (released, expired or taken over)", token, name)
 }
 
 func lostRaceError(name string) error {
-	return apierr.Conflict("lock_held", "lock %q is contended; it changed %d times while this request tried", name, casRetries)
+	return apierr.Errorf(apierr.ReasonLockHeld, "lock %q is contended; it changed %d times while this request tried", name, casRetries)
 }
 
 // tryAcquire makes one attempt (with CAS retries) at the lock. It returns
@@ -368,27 +368,27 @@ func (s *Server) acquire(ctx context.Context, req *service.Request) (proto.Messa
 }
 
 func validateAcquire(in *pb.AcquireRequest) error {
-	if err := limits.LockName("name", in.Name); err != nil {
+	if err := limits.LockName(limits.NameField, in.Name); err != nil {
 		return err
 	}
 	if err := limits.Owner(in.Owner); err != nil {
 		return err
 	}
-	if err := limits.TTL("ttl_ms", in.TtlMs, false); err != nil {
+	if err := limits.TTL(in.TtlMs, false); err != nil {
 		return err
 	}
 	if in.WaitMs < 0 || in.WaitMs > MaxWaitMillis {
-		return apierr.Invalid("invalid_wait_ms", "wait_ms is %d; it must be between 0 and %d (5 minutes)", in.WaitMs, MaxWaitMillis)
+		return apierr.Errorf(apierr.ReasonInvalidWaitMs, "wait_ms is %d; it must be between 0 and %d (5 minutes)", in.WaitMs, MaxWaitMillis)
 	}
 	return nil
 }
 
 func validateToken(name string, token uint64) error {
-	if err := limits.LockName("name", name); err != nil {
+	if err := limits.LockName(limits.NameField, name); err != nil {
 		return err
 	}
 	if token == 0 {
-		return apierr.Invalid("missing_token", "token is required: pass the token returned by acquire")
+		return apierr.Errorf(apierr.ReasonMissingToken, "token is required: pass the token returned by acquire")
 	}
 	return nil
 }
@@ -402,7 +402,7 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 		return nil, err
 	}
 	describe(ctx, in.Name, in.Token)
-	if err := limits.TTL("ttl_ms", in.TtlMs, true); err != nil {
+	if err := limits.TTL(in.TtlMs, true); err != nil {
 		return nil, err
 	}
 	var ttl int64
@@ -493,7 +493,7 @@ func (s *Server) get(ctx context.Context, req *service.Request) (proto.Message, 
 	if err := req.Decode(in); err != nil {
 		return nil, err
 	}
-	if err := limits.LockName("name", in.Name); err != nil {
+	if err := limits.LockName(limits.NameField, in.Name); err != nil {
 		return nil, err
 	}
 	describe(ctx, in.Name, 0)

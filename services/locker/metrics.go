@@ -2,7 +2,6 @@ package locker
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
@@ -60,15 +59,7 @@ func instrument(endpoint string, fn service.Func) service.Func {
 			ctx = withWaitMark(ctx)
 		}
 		resp, err := fn(ctx, req)
-		code := 200
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				code = 503
-			} else {
-				code = apierr.From(err).Code()
-			}
-		}
-		outcome := telemetry.Outcome(code)
+		outcome := telemetry.Outcome(apierr.Code(err))
 		switch endpoint {
 		case "acquire":
 			switch outcome {

@@ -203,7 +203,7 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 		case hint = <-w.wake:
 		case <-timer.C:
 		case <-s.ctx.Done():
-			return nil, apierr.Unavailable("shutting_down", "locker is stopping; retry the acquire")
+			return nil, apierr.Errorf(apierr.ReasonShuttingDown, "locker is stopping; retry the acquire")
 		case <-ctx.Done():
 			if parent.Err() != nil {
 				return nil, parent.Err()
@@ -225,5 +225,5 @@ func waitExpired(in *pb.AcquireRequest, last lease, lastErr error) error {
 	if last.held {
 		return heldError(in.Name, last)
 	}
-	return apierr.Conflict("lock_held", "lock %q was not free within wait_ms %d", in.Name, in.WaitMs)
+	return apierr.Errorf(apierr.ReasonLockHeld, "lock %q was not free within wait_ms %d", in.Name, in.WaitMs)
 }
