@@ -129,7 +129,7 @@ func (s *store) write(key string, expected *uint64, fence *pb.Fence, live bool, 
 	}
 	if expected != nil {
 		if (*expected == 0 && cur.live) || (*expected != 0 && (!cur.live || cur.rev != *expected)) {
-			return nil, false, apierr.Conflict("revision_mismatch", "revision mismatch")
+			return nil, false, apierr.Errorf(apierr.ReasonRevisionMismatch, "revision mismatch")
 		}
 	}
 	fences := map[string]uint64{}
@@ -138,7 +138,7 @@ func (s *store) write(key string, expected *uint64, fence *pb.Fence, live bool, 
 	}
 	if fence != nil {
 		if fence.Token < fences[fence.Lock] && s.bug != staleFence {
-			return nil, false, apierr.Conflict("stale_fence", "stale fence")
+			return nil, false, apierr.Errorf(apierr.ReasonStaleFence, "stale fence")
 		}
 		fences[fence.Lock] = max(fence.Token, fences[fence.Lock])
 	}
@@ -245,11 +245,11 @@ func (s *store) acquire(ctx context.Context, req *service.Request) (proto.Messag
 		}
 		s.mu.Unlock()
 		if time.Now().After(deadline) {
-			return nil, apierr.Conflict("lock_held", "lock %q is held", in.Name)
+			return nil, apierr.Errorf(apierr.ReasonLockHeld, "lock %q is held", in.Name)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, apierr.Conflict("lock_held", "lock %q is held", in.Name)
+			return nil, apierr.Errorf(apierr.ReasonLockHeld, "lock %q is held", in.Name)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -264,7 +264,7 @@ func (s *store) renew(_ context.Context, req *service.Request) (proto.Message, e
 	defer s.mu.Unlock()
 	l := s.locks[in.Name]
 	if l == nil || l.token != in.Token || time.Now().After(l.expires) {
-		return nil, apierr.Conflict("not_held", "not held")
+		return nil, apierr.Errorf(apierr.ReasonNotHeld, "not held")
 	}
 	ttl := time.Until(l.expires).Round(time.Second)
 	if in.TtlMs > 0 {
@@ -283,7 +283,7 @@ func (s *store) release(_ context.Context, req *service.Request) (proto.Message,
 	defer s.mu.Unlock()
 	l := s.locks[in.Name]
 	if l == nil || l.token != in.Token || time.Now().After(l.expires) {
-		return nil, apierr.Conflict("not_held", "not held")
+		return nil, apierr.Errorf(apierr.ReasonNotHeld, "not held")
 	}
 	delete(s.locks, in.Name)
 	return &pb.ReleaseResponse{}, nil

@@ -120,7 +120,7 @@ func ExampleClient_Put_fenced() {
 
 	// worker-1 wakes up and writes with its old token: refused.
 	_, err = c.Put(ctx, "report:today", []byte("started"), client.WithFence("jobs/report", first.Token()))
-	if client.Reason(err) == "stale_fence" {
+	if errors.Is(err, client.ErrStaleFence) {
 		fmt.Println("a newer lock holder already wrote this key")
 	}
 	// Output: a newer lock holder already wrote this key

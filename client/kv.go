@@ -74,7 +74,7 @@ func WithTTL(d time.Duration) WriteOption {
 	return func(o *writeOptions) { o.ttl = d }
 }
 
-// WithFence makes the write refuse (ErrConflict, reason "stale_fence") when
+// WithFence makes the write refuse (ErrStaleFence, an ErrConflict) when
 // the key was already written or deleted under a higher token of the same
 // lock, so a holder that lost its lease cannot overwrite a newer holder.
 // token is what the locker returned when the lock was acquired.

@@ -172,7 +172,7 @@ func (l *Lock) onExpiry() {
 }
 
 // Acquire takes the named lock. A held lock is an error matching
-// ErrConflict (reason "lock_held") once the wait, if any, has passed.
+// ErrLockHeld (an ErrConflict) once the wait, if any, has passed.
 // While waiting, Acquire retries through brief locker outages (503).
 func (c *Client) Acquire(ctx context.Context, name string, opts ...LockOption) (*Lock, error) {
 	o := lockOptions{ttl: DefaultLeaseTTL, keepAlive: true}
@@ -321,7 +321,7 @@ func (l *Lock) Release(ctx context.Context) error {
 
 // Renew extends the lease of the holder of token; ttl 0 keeps the lease
 // length. It returns the lease granted (rounded up to whole seconds). A
-// token that no longer holds the lock is ErrConflict, reason "not_held".
+// token that no longer holds the lock is ErrNotHeld (an ErrConflict).
 func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.Duration) (time.Duration, error) {
 	resp := &pb.RenewResponse{}
 	if err := c.call(ctx, subjects.LockRenew, &pb.RenewRequest{Name: name, Token: token, TtlMs: ttlMillis(ttl)}, resp); err != nil {
@@ -332,7 +332,7 @@ func (c *Client) Renew(ctx context.Context, name string, token uint64, ttl time.
 
 // ReleaseLock releases the lease of the holder of token (low level; a
 // *Lock has Release). A token that no longer holds the lock is
-// ErrConflict, reason "not_held".
+// ErrNotHeld (an ErrConflict).
 func (c *Client) ReleaseLock(ctx context.Context, name string, token uint64) error {
 	return c.call(ctx, subjects.LockRelease, &pb.ReleaseRequest{Name: name, Token: token}, &pb.ReleaseResponse{})
 }

@@ -72,7 +72,7 @@ func TestKeepAliveStopsOnConflict(t *testing.T) {
 		if len(renewals) > 1 { // the second renewal is refused
 			reply.Header.Set(apierr.HeaderCode, "409")
 			reply.Header.Set(apierr.HeaderMessage, "token 9 does not hold lock")
-			reply.Data, _ = proto.Marshal(&pb.Error{Code: 409, Reason: "not_held"})
+			reply.Data, _ = proto.Marshal(&pb.Error{Code: 409, Reason: string(apierr.ReasonNotHeld)})
 		} else {
 			reply.Data, _ = proto.Marshal(&pb.RenewResponse{TtlMs: 1000})
 		}

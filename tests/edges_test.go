@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/latchkey/latchkey/kit/apierr"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -51,21 +52,21 @@ func TestKVFenceEdgesAtThePublicAPI(t *testing.T) {
 		subject string
 		body    string
 		code    int
-		reason  string
+		reason  apierr.Reason
 	}{
-		{"put: fence and ttl_ms together", "latchkey.kv.put", `{"key":"k","value":"aGk=","ttl_ms":"1000","fence":{"lock":"L","token":"` + tokL + `"}}`, 400, "fence_with_ttl"},
-		{"put: ttl_ms on a fenced key", "latchkey.kv.put", `{"key":"fenced","value":"aGk=","ttl_ms":"5000"}`, 409, "fenced_key_ttl"},
-		{"put: ttl_ms on a deleted fenced key", "latchkey.kv.put", `{"key":"gone","value":"aGk=","ttl_ms":"5000"}`, 409, "fenced_key_ttl"},
-		{"put: a token never issued", "latchkey.kv.put", fencedPut("k", "L", "99999999"), 400, "unknown_token"},
-		{"delete: a token never issued", "latchkey.kv.delete", `{"key":"fenced","fence":{"lock":"L","token":"18446744073709551615"}}`, 400, "unknown_token"},
-		{"put: a 33rd lock on one key", "latchkey.kv.put", fencedPut("full", "lock-extra", extra), 409, "too_many_fences"},
+		{"put: fence and ttl_ms together", "latchkey.kv.put", `{"key":"k","value":"aGk=","ttl_ms":"1000","fence":{"lock":"L","token":"` + tokL + `"}}`, 400, apierr.ReasonFenceWithTTL},
+		{"put: ttl_ms on a fenced key", "latchkey.kv.put", `{"key":"fenced","value":"aGk=","ttl_ms":"5000"}`, 409, apierr.ReasonFencedKeyTTL},
+		{"put: ttl_ms on a deleted fenced key", "latchkey.kv.put", `{"key":"gone","value":"aGk=","ttl_ms":"5000"}`, 409, apierr.ReasonFencedKeyTTL},
+		{"put: a token never issued", "latchkey.kv.put", fencedPut("k", "L", "99999999"), 400, apierr.ReasonUnknownToken},
+		{"delete: a token never issued", "latchkey.kv.delete", `{"key":"fenced","fence":{"lock":"L","token":"18446744073709551615"}}`, 400, apierr.ReasonUnknownToken},
+		{"put: a 33rd lock on one key", "latchkey.kv.put", fencedPut("full", "lock-extra", extra), 409, apierr.ReasonTooManyFences},
 	}
 	for _, tt := range tests {
 		t.Run(tt.rule, func(t *testing.T) {
 			reply := rawRequest(t, env.nc, tt.subject, []byte(tt.body))
 			assertErrorReply(t, reply, tt.code, true)
 			body := &pb.Error{}
-			if err := protojson.Unmarshal(reply.Data, body); err != nil || body.Reason != tt.reason {
+			if err := protojson.Unmarshal(reply.Data, body); err != nil || body.Reason != string(tt.reason) {
 				t.Fatalf("reason %q (%v); want %q", body.Reason, err, tt.reason)
 			}
 		})

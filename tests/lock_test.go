@@ -141,11 +141,11 @@ func TestLockPausedHolderIsFenced(t *testing.T) {
 	stale := func(what string) {
 		t.Helper()
 		_, err := c1.Put(ctx, key, []byte("late"), client.WithFence(lockName, l1.Token()))
-		if !errors.Is(err, client.ErrConflict) || client.Reason(err) != "stale_fence" {
+		if !errors.Is(err, client.ErrConflict) || !errors.Is(err, client.ErrStaleFence) {
 			t.Fatalf("%s: late fenced put = %v (reason %q), want 409 stale_fence", what, err, client.Reason(err))
 		}
 		_, _, err = c1.Delete(ctx, key, client.WithFence(lockName, l1.Token()))
-		if !errors.Is(err, client.ErrConflict) || client.Reason(err) != "stale_fence" {
+		if !errors.Is(err, client.ErrConflict) || !errors.Is(err, client.ErrStaleFence) {
 			t.Fatalf("%s: late fenced delete = %v, want 409 stale_fence", what, err)
 		}
 	}
@@ -169,7 +169,7 @@ func TestLockPausedHolderIsFenced(t *testing.T) {
 		t.Fatalf("value = %q, want the unfenced overwrite", v)
 	}
 	// The paused holder's own lock calls are refused too.
-	if _, err := c1.Renew(ctx, lockName, l1.Token(), 0); client.Reason(err) != "not_held" {
+	if _, err := c1.Renew(ctx, lockName, l1.Token(), 0); !errors.Is(err, client.ErrNotHeld) {
 		t.Fatalf("late renew = %v, want not_held", err)
 	}
 }
@@ -188,7 +188,7 @@ func TestLockKeepAlive(t *testing.T) {
 	}
 	for range 6 {
 		time.Sleep(500 * time.Millisecond)
-		if _, err := c.Acquire(ctx, "ka", client.WithoutKeepAlive()); client.Reason(err) != "lock_held" {
+		if _, err := c.Acquire(ctx, "ka", client.WithoutKeepAlive()); !errors.Is(err, client.ErrLockHeld) {
 			t.Fatalf("acquire of a kept-alive lock = %v", err)
 		}
 		if st, err := c.LockInfo(ctx, "ka"); err != nil || !st.Held || st.Token != l.Token() {

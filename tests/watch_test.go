@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/latchkey/latchkey/client"
+	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/latchkey/latchkey/kit/watchspec"
@@ -142,7 +143,7 @@ func TestWatchKeyAndRefusals(t *testing.T) {
 		t.Fatalf("key watch got %+v", ev)
 	}
 
-	refuse := func(body string, code int, reason string) {
+	refuse := func(body string, code int, reason apierr.Reason) {
 		t.Helper()
 		reply, err := e.nc.Request("latchkey.kv.watch", []byte(body), 5*time.Second)
 		if err != nil {
@@ -152,25 +153,25 @@ func TestWatchKeyAndRefusals(t *testing.T) {
 			t.Fatalf("%s: code %q (%s), want %d", body, got, reply.Data, code)
 		}
 		var eb pb.Error
-		if err := protojson.Unmarshal(reply.Data, &eb); err != nil || eb.Reason != reason {
+		if err := protojson.Unmarshal(reply.Data, &eb); err != nil || eb.Reason != string(reason) {
 			t.Fatalf("%s: body %s, want reason %s", body, reply.Data, reason)
 		}
 	}
-	refuse(`{"prefix":"a","deliver":"$JS.API.STREAM.DELETE.KV_latchkey_shard_0"}`, 400, "invalid_deliver")
-	refuse(`{"prefix":"a","deliver":"latchkey.kv.put"}`, 400, "invalid_deliver")
-	refuse(`{"prefix":"a","deliver":"_INBOX.>"}`, 400, "invalid_deliver")
-	refuse(`{"prefix":"a","deliver":""}`, 400, "invalid_deliver")
-	refuse(`{"prefix":"a","key":"b","deliver":"_INBOX.x"}`, 400, "prefix_and_key")
-	refuse(`{"initial":true,"cursors":{"0":"1-1"},"deliver":"_INBOX.x"}`, 400, "initial_with_cursors")
-	refuse(`{"cursors":{"0":"nonsense"},"deliver":"_INBOX.x"}`, 400, "invalid_cursor")
-	refuse(`{"cursors":{"77":"1-1"},"deliver":"_INBOX.x"}`, 400, "unknown_shard")
+	refuse(`{"prefix":"a","deliver":"$JS.API.STREAM.DELETE.KV_latchkey_shard_0"}`, 400, apierr.ReasonInvalidDeliver)
+	refuse(`{"prefix":"a","deliver":"latchkey.kv.put"}`, 400, apierr.ReasonInvalidDeliver)
+	refuse(`{"prefix":"a","deliver":"_INBOX.>"}`, 400, apierr.ReasonInvalidDeliver)
+	refuse(`{"prefix":"a","deliver":""}`, 400, apierr.ReasonInvalidDeliver)
+	refuse(`{"prefix":"a","key":"b","deliver":"_INBOX.x"}`, 400, apierr.ReasonPrefixAndKey)
+	refuse(`{"initial":true,"cursors":{"0":"1-1"},"deliver":"_INBOX.x"}`, 400, apierr.ReasonInitialWithCursors)
+	refuse(`{"cursors":{"0":"nonsense"},"deliver":"_INBOX.x"}`, 400, apierr.ReasonInvalidCursor)
+	refuse(`{"cursors":{"77":"1-1"},"deliver":"_INBOX.x"}`, 400, apierr.ReasonUnknownShard)
 	// A cursor older than CursorMaxAge may need expiry markers the server
 	// has removed: 409. One just younger is accepted.
 	old := watchspec.FormatCursor(1, time.Now().Add(-storage.CursorMaxAge-time.Minute).UnixMilli())
-	refuse(`{"cursors":{"0":"`+old+`"},"deliver":"_INBOX.x"}`, 409, "cursor_expired")
+	refuse(`{"cursors":{"0":"`+old+`"},"deliver":"_INBOX.x"}`, 409, apierr.ReasonCursorExpired)
 	// A cursor ahead of the stream comes from a recreated stream: 409 too.
 	ahead := watchspec.FormatCursor(1<<40, time.Now().UnixMilli())
-	refuse(`{"cursors":{"0":"`+ahead+`"},"deliver":"_INBOX.x"}`, 409, "cursor_expired")
+	refuse(`{"cursors":{"0":"`+ahead+`"},"deliver":"_INBOX.x"}`, 409, apierr.ReasonCursorExpired)
 	young := watchspec.FormatCursor(1, time.Now().Add(-10*time.Minute).UnixMilli())
 	var resp pb.WatchResponse
 	reply, err := e.nc.Request("latchkey.kv.watch", []byte(`{"cursors":{"0":"`+young+`"},"deliver":"_INBOX.young"}`), 5*time.Second)
@@ -247,7 +248,7 @@ func TestWatchRawJSONHeartbeatsAndKeepaliveTimeout(t *testing.T) {
 				}
 			case pb.WatchEventType_WATCH_EVENT_TYPE_CANCELLED:
 				cancelled++
-				if !strings.HasPrefix(ev.Reason, "keepalive_timeout") {
+				if !strings.HasPrefix(ev.Reason, string(apierr.ReasonKeepaliveTimeout)) {
 					t.Fatalf("cancel reason %q", ev.Reason)
 				}
 			}
@@ -316,7 +317,7 @@ func TestWatchSlowConsumerIsCancelledAndResumes(t *testing.T) {
 	t.Cleanup(func() { storage.WatchMaxUnacked = old })
 	e := newKVEnv(t)
 	ctx := testCtx(t)
-	before := cancelledMetric(t, "slow_consumer")
+	before := cancelledMetric(t, string(apierr.ReasonSlowConsumer))
 	w, err := e.c.Watch(ctx, "s:", client.WatchKeepaliveInterval(200*time.Millisecond), client.WatchBuffer(64))
 	if err != nil {
 		t.Fatal(err)
@@ -332,7 +333,7 @@ func TestWatchSlowConsumerIsCancelledAndResumes(t *testing.T) {
 		final[k] = r
 	}
 	time.Sleep(time.Second) // keepalives report the reader stuck
-	if got := cancelledMetric(t, "slow_consumer"); got <= before {
+	if got := cancelledMetric(t, string(apierr.ReasonSlowConsumer)); got <= before {
 		t.Fatalf("no slow_consumer cancellation (metric %v -> %v)", before, got)
 	}
 	last := map[string]uint64{}

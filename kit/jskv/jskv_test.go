@@ -333,7 +333,7 @@ func TestPublishIfLastRetriesNotReady(t *testing.T) {
 			if seq != c.wantSeq || !errors.Is(err, c.wantErr) || (c.wantErr == nil && err != nil) {
 				t.Fatalf("PublishIfLast = %d, %v; want %d, %v", seq, err, c.wantSeq, c.wantErr)
 			}
-			if c.wantErr != nil && reasonOf(err) != "jetstream_busy" {
+			if c.wantErr != nil && !errors.Is(err, apierr.ReasonJetStreamBusy) {
 				t.Fatalf("gave up with %v, want reason jetstream_busy", err)
 			}
 			if got := attempts.Load(); (c.wantTries != 0 && got != c.wantTries) || (c.wantTries == 0 && got < 2) {

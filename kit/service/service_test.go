@@ -99,7 +99,7 @@ func TestProtobufCallMapsErrors(t *testing.T) {
 	}
 	err := service.Call(ctx, nc, "t.echo", nil, &pb.GetRequest{Key: "conflict"}, resp)
 	var e *apierr.Error
-	if !errors.As(err, &e) || !errors.Is(err, apierr.ErrConflict) || e.Reason != "revision_mismatch" {
+	if !errors.As(err, &e) || !errors.Is(err, apierr.ErrConflict) || !errors.Is(err, apierr.ReasonRevisionMismatch) {
 		t.Fatalf("conflict: %v", err)
 	}
 	if err := service.Call(ctx, nc, "t.nobody", nil, &pb.GetRequest{Key: "k"}, resp); !errors.Is(err, apierr.ErrUnavailable) {
@@ -295,7 +295,7 @@ func TestStopCancelledRequestIs503(t *testing.T) {
 	_ = svc.Stop(stopCtx)
 	err = <-got
 	var e *apierr.Error
-	if !errors.As(err, &e) || e.Code() != 503 || e.Reason != "shutting_down" {
+	if !errors.As(err, &e) || e.Code() != 503 || !errors.Is(err, apierr.ReasonShuttingDown) {
 		t.Fatalf("request cancelled by Stop: %v, want 503 shutting_down", err)
 	}
 }

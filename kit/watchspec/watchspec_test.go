@@ -16,7 +16,7 @@ func TestValidDeliver(t *testing.T) {
 	for _, bad := range []string{"", "_INBOX", "_INBOX.", "_INBOX..x", "_INBOX.*", "_INBOX.>", "_INBOX.a.>", "_inbox.x",
 		"$JS.API.STREAM.DELETE.KV_latchkey_shard_0", "$KV.latchkey_shard_0.a", "latchkey.kv.put", "x._INBOX.y", "_INBOX.a b"} {
 		err := ValidDeliver(bad)
-		if !errors.Is(err, apierr.ErrInvalid) || apierr.From(err).Reason != "invalid_deliver" {
+		if !errors.Is(err, apierr.ErrInvalid) || !errors.Is(err, apierr.ReasonInvalidDeliver) {
 			t.Errorf("%q: %v, want 400 invalid_deliver", bad, err)
 		}
 	}
@@ -29,7 +29,7 @@ func TestCursorRoundTrip(t *testing.T) {
 		t.Fatalf("%q -> %d %d %v", c, seq, ms, err)
 	}
 	for _, bad := range []string{"", "12", "a-1", "1-b", "-", "1-"} {
-		if _, _, err := ParseCursor(bad); apierr.From(err).Reason != "invalid_cursor" {
+		if _, _, err := ParseCursor(bad); !errors.Is(err, apierr.ReasonInvalidCursor) {
 			t.Errorf("%q: %v, want invalid_cursor", bad, err)
 		}
 	}

@@ -77,7 +77,7 @@ func TestCallErrors(t *testing.T) {
 		out := nats.NewMsg(m.Reply)
 		out.Header.Set(apierr.HeaderCode, "409")
 		out.Header.Set(apierr.HeaderMessage, "revision 3 is not 2")
-		out.Data, _ = proto.Marshal(&pb.Error{Code: 409, Reason: "revision_mismatch", Message: "revision 3 is not 2"})
+		out.Data, _ = proto.Marshal(&pb.Error{Code: 409, Reason: string(apierr.ReasonRevisionMismatch), Message: "revision 3 is not 2"})
 		_ = m.RespondMsg(out)
 	}); err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestCallErrors(t *testing.T) {
 	ctx := context.Background()
 	err := wire.Call(ctx, nc, "t.kv.put", nil, &pb.PutRequest{Key: "k"}, &pb.PutResponse{})
 	var e *apierr.Error
-	if !errors.As(err, &e) || e.Code() != 409 || e.Reason != "revision_mismatch" {
+	if !errors.As(err, &e) || e.Code() != 409 || !errors.Is(err, apierr.ReasonRevisionMismatch) {
 		t.Errorf("error reply = %v; want a 409 revision_mismatch", err)
 	}
 	err = wire.Call(ctx, nc, "t.nobody", nil, &pb.GetRequest{Key: "k"}, &pb.GetResponse{})
