@@ -229,7 +229,7 @@ func releaseUntilAcked(t *testing.T, l lk, name string, token uint64, d time.Dur
 	lost := false
 	for {
 		err := l.release(name, token)
-		if err == nil || lost && reason(err) == "not_held" {
+		if err == nil || lost && errors.Is(err, apierr.ReasonNotHeld) {
 			return
 		}
 		if !errors.Is(err, apierr.ErrUnavailable) || time.Now().After(deadline) {

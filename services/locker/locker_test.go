@@ -132,7 +132,7 @@ func TestRoundTrip(t *testing.T) {
 	if !g.Held || g.Owner != "alice" || g.Token != r.Token || g.TtlRemainingMs <= 0 || g.TtlRemainingMs > 2000 {
 		t.Fatalf("get = %+v", g)
 	}
-	if _, err := l.acquire(name, "bob", 1000, 0); !errors.Is(err, apierr.ErrConflict) || reason(err) != "lock_held" {
+	if _, err := l.acquire(name, "bob", 1000, 0); !errors.Is(err, apierr.ErrConflict) || !errors.Is(err, apierr.ReasonLockHeld) {
 		t.Fatalf("second acquire: %v (reason %q), want 409 lock_held", err, reason(err))
 	}
 	rn, err := l.renew(name, r.Token, 0)
@@ -145,10 +145,10 @@ func TestRoundTrip(t *testing.T) {
 	if g2 := l.get(name); g2.Token != r.Token || g2.TtlRemainingMs <= 2000 {
 		t.Fatalf("after renew get = %+v; want same token, longer lease", g2)
 	}
-	if _, err := l.renew(name, r.Token+1, 0); reason(err) != "not_held" {
+	if _, err := l.renew(name, r.Token+1, 0); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("renew with a wrong token: %v", err)
 	}
-	if err := l.release(name, r.Token+1); reason(err) != "not_held" {
+	if err := l.release(name, r.Token+1); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("release with a wrong token: %v", err)
 	}
 	if err := l.release(name, r.Token); err != nil {
@@ -157,10 +157,10 @@ func TestRoundTrip(t *testing.T) {
 	if g := l.get(name); g.Held {
 		t.Fatalf("after release get = %+v", g)
 	}
-	if err := l.release(name, r.Token); reason(err) != "not_held" {
+	if err := l.release(name, r.Token); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("second release: %v, want not_held", err)
 	}
-	if _, err := l.renew(name, r.Token, 0); reason(err) != "not_held" {
+	if _, err := l.renew(name, r.Token, 0); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("renew after release: %v, want not_held", err)
 	}
 	if tok := l.mustAcquire(name, "bob", 1000); tok <= r.Token {
@@ -256,7 +256,7 @@ func TestRenewKeepsExpiry(t *testing.T) {
 		if _, err := l.renew("r", tok, 0); err != nil {
 			t.Fatalf("renew: %v", err)
 		}
-		if _, err := l.acquire("r", "thief", 1000, 0); reason(err) != "lock_held" {
+		if _, err := l.acquire("r", "thief", 1000, 0); !errors.Is(err, apierr.ReasonLockHeld) {
 			t.Fatalf("renewed lock taken: %v", err)
 		}
 	}
@@ -265,7 +265,7 @@ func TestRenewKeepsExpiry(t *testing.T) {
 	if tok2 := l.mustAcquire("r", "next", 1000); tok2 <= tok {
 		t.Fatalf("token %d after expiry not above %d", tok2, tok)
 	}
-	if _, err := l.renew("r", tok, 0); reason(err) != "not_held" {
+	if _, err := l.renew("r", tok, 0); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("renew by the expired holder: %v", err)
 	}
 }
@@ -394,7 +394,7 @@ func TestWaitEndsWith409(t *testing.T) {
 	nc, l := solo(t)
 	startLocker(t, nc, 1)
 	l.mustAcquire("h", "holder", 60000)
-	if _, err := l.acquire("h", "waiter", 1000, 300); reason(err) != "lock_held" {
+	if _, err := l.acquire("h", "waiter", 1000, 300); !errors.Is(err, apierr.ReasonLockHeld) {
 		t.Fatalf("waiter: %v, want 409 lock_held", err)
 	}
 }
@@ -442,7 +442,7 @@ func TestClusterLeaderKill(t *testing.T) {
 				mu.Unlock()
 				for range 20 {
 					err := cl.release("contended", r.Token)
-					if err == nil || reason(err) == "not_held" {
+					if err == nil || errors.Is(err, apierr.ReasonNotHeld) {
 						break
 					}
 					time.Sleep(100 * time.Millisecond)

@@ -2,11 +2,13 @@ package locker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/subjects"
@@ -181,7 +183,7 @@ func raceRenewals(t *testing.T, c *natstest.Cluster, cfg locker.Config, locks, r
 		switch {
 		case err == nil:
 			res.acked++
-		case reason(err) == "renew_too_late" || reason(err) == "not_held":
+		case errors.Is(err, apierr.ReasonRenewTooLate) || errors.Is(err, apierr.ReasonNotHeld):
 			res.tooLate++
 		default:
 			t.Errorf("renew %s: %v", name(i), err)
@@ -291,7 +293,7 @@ func TestRenewInsideTheGuard(t *testing.T) {
 	end := expiryOf(tok)
 	time.Sleep(time.Until(end.Add(-locker.DefaultRenewGuard / 2)))
 	_, err := l.renew("late", tok, 0)
-	if reason(err) != "renew_too_late" {
+	if !errors.Is(err, apierr.ReasonRenewTooLate) {
 		t.Fatalf("renew %v before the lease ends: %v, want renew_too_late", time.Until(end), err)
 	}
 	if free := l.waitFree("late", 3*time.Second); free > 2*time.Second {
@@ -383,7 +385,7 @@ func raceAcquiresOnMarkers(t *testing.T, c *natstest.Cluster, cfg locker.Config,
 			}
 			if err == nil {
 				res.acked++
-			} else if reason(err) != "lock_held" {
+			} else if !errors.Is(err, apierr.ReasonLockHeld) {
 				t.Errorf("acquire %s: %v", name(i), err)
 			}
 			mu.Unlock()

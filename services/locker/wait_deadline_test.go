@@ -2,9 +2,11 @@ package locker_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
@@ -43,7 +45,7 @@ func TestWaitAnswersBeforeCallerDeadline(t *testing.T) {
 	err = service.Call(ctx, l.nc, set.Public(subjects.LockAcquire),
 		nil, &pb.AcquireRequest{Name: "busy", Owner: "waiter", TtlMs: 1000, WaitMs: 10000}, &pb.AcquireResponse{})
 	elapsed := time.Since(began)
-	if reason(err) != "lock_held" || elapsed >= callerTimeout {
+	if !errors.Is(err, apierr.ReasonLockHeld) || elapsed >= callerTimeout {
 		t.Fatalf("waiting acquire answered %v after %v; want 409 lock_held before the caller's %v", err, elapsed, callerTimeout)
 	}
 }
