@@ -7,8 +7,9 @@
 // number of instances may serve the same shard.
 //
 // Keys. A user key is stored under $KV.<bucket>.<base64url(key)>, so no raw
-// key ever becomes a subject token. The revision of a key is the stream
-// sequence of its current message.
+// key ever becomes a subject token. The revision of a key is its own and
+// travels with it between shards: revision.go says how it is stored and
+// why it only grows.
 //
 // Writes. Every put and delete is a JetStream publish conditioned on the
 // key's current message (Nats-Expected-Last-Subject-Sequence, 0 = none).

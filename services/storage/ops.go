@@ -122,7 +122,7 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 	if !b.live {
 		return &pb.GetResponse{Key: r.Key}, nil
 	}
-	return &pb.GetResponse{Found: true, Key: r.Key, Value: b.value, Revision: b.seq}, nil
+	return &pb.GetResponse{Found: true, Key: r.Key, Value: b.value, Revision: b.rev}, nil
 }
 
 func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, error) {
@@ -138,7 +138,7 @@ func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, 
 	if err != nil {
 		return nil, err
 	}
-	return &pb.PutResponse{Revision: res.seq}, nil
+	return &pb.PutResponse{Revision: res.rev}, nil
 }
 
 func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Message, error) {
@@ -154,7 +154,7 @@ func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Messag
 	if err != nil {
 		return nil, err
 	}
-	return &pb.DeleteResponse{Deleted: res.wrote && res.was, Revision: res.seq}, nil
+	return &pb.DeleteResponse{Deleted: res.wrote && res.was, Revision: res.rev}, nil
 }
 
 // checkToken refuses a fence whose token the locker never issued.

@@ -190,9 +190,16 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 		return
 	}
 	h := m.Headers()
-	key, err := decodeKey(subjectToken(m.Subject()))
-	sh.view.apply(key, err == nil, md.Sequence.Stream, expiryNanos(md.Timestamp, h), isLive(h), m.Data(), h.Get(hdrFences))
-	sh.feed.observe(key, err == nil, md.Sequence.Stream, md.Timestamp, h, m.Data())
+	seq := md.Sequence.Stream
+	token := subjectToken(m.Subject())
+	if token == floorToken {
+		if f, ok := parseFloor(m.Data()); ok {
+			sh.view.raiseFloor(f)
+		}
+	}
+	key, err := decodeKey(token)
+	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), expiryNanos(md.Timestamp, h), isLive(h), m.Data(), h.Get(hdrFences))
+	sh.feed.observe(key, err == nil, seq, rev, md.Timestamp, h, m.Data())
 }
 
 // monitor checks the view's contact with its stream by a barrier, marks
@@ -421,6 +428,9 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 			return base{}, nil
 		case err == nil:
 			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences), writeID: m.Header.Get(hdrWriteID)}
+			b.marker = isServerMarker(m.Header)
+			floor, _ := sh.view.floorAt()
+			b.rev = readRevInfo(m.Header).revision(m.Seq, b.marker, floor)
 			if b.live {
 				b.value = m.Data
 			}
@@ -445,9 +455,11 @@ type write struct {
 }
 
 // writeResult is the outcome of a write: wrote is false for a delete that
-// found nothing to delete; seq is the key's revision afterwards.
+// found nothing to delete; rev is the key's revision afterwards, seq the
+// stream sequence of its message.
 type writeResult struct {
 	seq   uint64
+	rev   uint64
 	wrote bool
 	was   bool // the key held a value before the write
 }
@@ -468,15 +480,15 @@ func (w *write) plan(cur base, unsafe Unsafe) (fencesHdr string, skip bool, err 
 		exp := *w.expected
 		if exp == 0 && cur.live {
 			return "", false, apierr.Conflict("revision_mismatch",
-				"revision mismatch: expected the key to be absent, it is at revision %d", cur.seq)
+				"revision mismatch: expected the key to be absent, it is at revision %d", cur.rev)
 		}
-		if exp != 0 && (!cur.live || cur.seq != exp) {
+		if exp != 0 && (!cur.live || cur.rev != exp) {
 			if !cur.live {
 				return "", false, apierr.Conflict("revision_mismatch",
 					"revision mismatch: expected revision %d, the key is absent", exp)
 			}
 			return "", false, apierr.Conflict("revision_mismatch",
-				"revision mismatch: expected revision %d, the key is at %d", exp, cur.seq)
+				"revision mismatch: expected revision %d, the key is at %d", exp, cur.rev)
 		}
 	}
 	// Deleting an absent key writes nothing, unless the write's fence must
@@ -529,11 +541,18 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			if err != nil {
 				return writeResult{}, err
 			}
-			return writeResult{seq: cur.seq}, nil
+			return writeResult{seq: cur.seq, rev: cur.rev}, nil
+		}
+		off, err := sh.offsetFor(ctx, cur)
+		if err != nil {
+			return writeResult{}, err
 		}
 		msg := &nats.Msg{Subject: subj, Header: nats.Header{}}
 		msg.Header.Set(hdrExpectSubj, strconv.FormatUint(cur.seq, 10))
 		msg.Header.Set(hdrWriteID, id)
+		if off > 0 {
+			msg.Header.Set(hdrRevisionOffset, strconv.FormatUint(off, 10))
+		}
 		if fencesHdr != "" {
 			msg.Header.Set(hdrFences, fencesHdr)
 		}
@@ -563,14 +582,14 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 					continue
 				}
 			}
-			written := base{seq: ack.Sequence, live: !w.del, fences: fencesHdr}
+			written := base{seq: ack.Sequence, rev: ack.Sequence + off, live: !w.del, fences: fencesHdr}
 			if w.ttlMs > 0 {
 				// The server stamps the message at or after sent: an expiry
 				// counted from sent is never later than the server's.
 				written.exp = sent.Add(time.Duration(jskv.CeilSeconds(w.ttlMs)) * time.Second).UnixNano()
 			}
 			sh.view.remember(w.key, written)
-			return writeResult{seq: ack.Sequence, wrote: true, was: cur.live}, nil
+			return writeResult{seq: ack.Sequence, rev: written.rev, wrote: true, was: cur.live}, nil
 		}
 		switch {
 		case isWrongLastSequence(err):
@@ -598,7 +617,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// twice; refusing a CAS would deny a write that happened.
 			sh.noteAcked(cur.seq)
 			sh.view.remember(w.key, cur)
-			return writeResult{seq: cur.seq, wrote: true, was: was}, nil
+			return writeResult{seq: cur.seq, rev: cur.rev, wrote: true, was: was}, nil
 		}
 		sh.view.remember(w.key, cur)
 		if isWrongLastSequence(err) && authoritative && cur.seq == tried {
@@ -614,6 +633,24 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	}
 	return writeResult{}, apierr.Unavailable("contention",
 		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
+}
+
+// offsetFor returns the revision offset of a write conditioned on cur
+// (revision.go). A base that is the server's own marker, read from the
+// leader, needs a floor applied at or after the marker: the view is waited
+// for until it has reached the marker (it normally has).
+func (sh *shard) offsetFor(ctx context.Context, cur base) (uint64, error) {
+	floor, applied := sh.view.floorAt()
+	if cur.marker && applied < cur.seq {
+		wctx, cancel := context.WithTimeout(ctx, batchedReadWait)
+		err := sh.view.wait(wctx, cur.seq)
+		cancel()
+		if err != nil {
+			return 0, apierr.Unavailable("view_behind", "shard %s: the view did not reach the key's expiry marker in time", sh.id)
+		}
+		floor, _ = sh.view.floorAt()
+	}
+	return writeOffset(cur, floor), nil
 }
 
 // writeID names one write of this shard instance (Latchkey-Write-Id).

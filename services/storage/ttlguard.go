@@ -112,7 +112,10 @@ func (sh *shard) swallowed(ctx context.Context, subject string, seq uint64, sent
 		return base{}, false, nil
 	}
 	expiryLosses.WithLabelValues(sh.id).Inc()
-	return base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header)}, true, nil
+	floor, _ := sh.view.floorAt()
+	mb := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), marker: isServerMarker(m.Header)}
+	mb.rev = readRevInfo(m.Header).revision(m.Seq, mb.marker, floor)
+	return mb, true, nil
 }
 
 // confirmedRead is a linearizable read of key without the view: a leader

@@ -12,25 +12,26 @@ import (
 )
 
 // entry is one key of a shard's in-memory view. Entries are stored by value
-// in the B-tree and kept small (48 bytes): key, fences header and value
+// in the B-tree and kept small (56 bytes): key, fences header and value
 // share one allocation. Deleted and expired keys stay as tombstones
-// (live=false) because their sequence and fences are the base of the next
-// conditional write.
+// (live=false) because their sequence, revision and fences are the base of
+// the next conditional write.
 type entry struct {
 	kv   []byte // key, then Latchkey-Fences header, then value; never modified once stored
 	seq  uint64 // stream sequence of the key's current message
+	rev  uint64 // the key's revision (revision.go)
 	exp  int64  // unix nanos (server clock) when the server expires it; 0 = never
 	flen uint32
 	klen uint16
 	live bool
 }
 
-func newEntry(key string, seq uint64, exp int64, live bool, value []byte, fences string) entry {
+func newEntry(key string, seq, rev uint64, exp int64, live bool, value []byte, fences string) entry {
 	kv := make([]byte, len(key)+len(fences)+len(value))
 	n := copy(kv, key)
 	n += copy(kv[n:], fences)
 	copy(kv[n:], value)
-	return entry{kv: kv, seq: seq, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
+	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
 }
 
 func (e *entry) key() []byte    { return e.kv[:e.klen] }
@@ -46,10 +47,12 @@ func probe(key string) entry {
 }
 
 // base is what a conditional write needs to know about a key's current
-// message: its sequence (0 = no message), whether it is a value, when the
-// server expires it, and its fences.
+// message: its sequence (0 = no message), its revision, whether it is a
+// value, when the server expires it, and its fences.
 type base struct {
 	seq     uint64
+	rev     uint64
+	marker  bool   // the server's own marker (an expiry): its rev is only a bound
 	exp     int64  // unix nanos, server clock; 0 = never expires
 	writeID string // Latchkey-Write-Id of the message, from leader reads only
 	live    bool
@@ -71,6 +74,7 @@ type view struct {
 	mu       sync.RWMutex
 	tree     *btree.BTreeG[entry]
 	applied  uint64
+	floor    uint64    // the shard's revision floor as of applied (revision.go)
 	progress time.Time // when the consumer last delivered a message
 	pending  map[string]base
 	live     int // live keys in tree
@@ -91,17 +95,19 @@ func newView() *view {
 	}
 }
 
-// apply records one message delivered by the consumer. Ordered consumers
-// may deliver a message again after a reset; older sequences are ignored.
-// key is ok=false for messages that are not keys (scan barriers).
-func (v *view) apply(key string, isKey bool, seq uint64, exp int64, live bool, value []byte, fences string) {
+// apply records one message delivered by the consumer and returns its
+// revision. Ordered consumers may deliver a message again after a reset;
+// older sequences are ignored. isKey is false for messages that are not
+// keys (scan barriers, floor records).
+func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker bool, exp int64, live bool, value []byte, fences string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
+	rev := ri.revision(seq, marker, v.floor)
 	if isKey {
 		old, found := v.tree.Get(probe(key))
 		if !found || seq > old.seq {
-			v.tree.ReplaceOrInsert(newEntry(key, seq, exp, live, value, fences))
+			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, value, fences))
 			if found && old.live {
 				v.live--
 			}
@@ -126,6 +132,24 @@ func (v *view) apply(key string, isKey bool, seq uint64, exp int64, live bool, v
 			v.notify = make(chan struct{})
 		}
 	}
+	return rev
+}
+
+// raiseFloor applies a floor record. The floor only rises: a redelivered
+// older record changes nothing.
+func (v *view) raiseFloor(floor uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if floor > v.floor {
+		v.floor = floor
+	}
+}
+
+// floorAt returns the view's floor and the sequence it has applied.
+func (v *view) floorAt() (floor, applied uint64) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.floor, v.applied
 }
 
 // remember records the result of a write or leader read as the base of the
@@ -153,7 +177,7 @@ func (v *view) guess(key string) base {
 	defer v.mu.RUnlock()
 	var b base
 	if e, ok := v.tree.Get(probe(key)); ok {
-		b = base{seq: e.seq, exp: e.exp, live: e.live, fences: e.fences()}
+		b = base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, fences: e.fences()}
 	}
 	if p, ok := v.pending[key]; ok && p.seq > b.seq {
 		b = p
@@ -162,14 +186,14 @@ func (v *view) guess(key string) base {
 }
 
 // get answers a stale read from the tree.
-func (v *view) get(key string) (value []byte, seq uint64, found bool) {
+func (v *view) get(key string) (value []byte, rev uint64, found bool) {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	e, ok := v.tree.Get(probe(key))
 	if !ok || !e.live {
 		return nil, 0, false
 	}
-	return e.value(), e.seq, true
+	return e.value(), e.rev, true
 }
 
 // liveKeys counts the keys that hold a value (tombstones excluded).
@@ -270,7 +294,7 @@ func (v *view) scan(prefix, after string, limit, budget int) (items []*pb.Item, 
 			return false
 		}
 		size += n
-		items = append(items, &pb.Item{Key: string(k), Value: e.value(), Revision: e.seq})
+		items = append(items, &pb.Item{Key: string(k), Value: e.value(), Revision: e.rev})
 		return true
 	})
 	return items, more

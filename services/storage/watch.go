@@ -104,7 +104,7 @@ func newWatchHub(sh *shard, pub *nats.Conn) *watchHub {
 
 // observe is called by the shard for every message its view applied, in
 // stream order.
-func (h *watchHub) observe(key string, isKey bool, seq uint64, ts time.Time, hdr nats.Header, data []byte) {
+func (h *watchHub) observe(key string, isKey bool, seq, rev uint64, ts time.Time, hdr nats.Header, data []byte) {
 	typ := pb.WatchEventType_WATCH_EVENT_TYPE_PUT
 	if hdr.Get(jskv.HeaderMarkerReason) != "" {
 		typ = pb.WatchEventType_WATCH_EVENT_TYPE_EXPIRE
@@ -134,7 +134,7 @@ func (h *watchHub) observe(key string, isKey bool, seq uint64, ts time.Time, hdr
 		if !f.matches(key) {
 			continue
 		}
-		ev := &pb.WatchEvent{Type: typ, Key: key, Revision: seq, Cursor: cursor}
+		ev := &pb.WatchEvent{Type: typ, Key: key, Revision: rev, Cursor: cursor}
 		if typ == pb.WatchEventType_WATCH_EVENT_TYPE_PUT {
 			ev.Value = data // never modified by the consumer once delivered
 		}
@@ -428,13 +428,13 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 	case r.Initial:
 		for _, e := range sh.view.changedSince(f, 0, true) {
 			f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_PUT, Key: string(e.key()), Value: e.value(),
-				Revision: e.seq, Cursor: watchspec.FormatCursor(e.seq, h.posTime)})
+				Revision: e.rev, Cursor: watchspec.FormatCursor(e.seq, h.posTime)})
 		}
 		f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE, Cursor: h.cursorLocked()})
 	case r.Cursor != "":
 		_, ms, _ := watchspec.ParseCursor(r.Cursor)
 		for _, e := range sh.view.changedSince(f, from, false) {
-			ev := &pb.WatchEvent{Key: string(e.key()), Revision: e.seq, Cursor: watchspec.FormatCursor(e.seq, ms)}
+			ev := &pb.WatchEvent{Key: string(e.key()), Revision: e.rev, Cursor: watchspec.FormatCursor(e.seq, ms)}
 			switch {
 			case e.live:
 				ev.Type, ev.Value = pb.WatchEventType_WATCH_EVENT_TYPE_PUT, e.value()
