@@ -19,24 +19,24 @@ func TestRequestLimits(t *testing.T) {
 		name   string
 		req    proto.Message
 		kind   error
-		reason string
+		reason apierr.Reason
 	}{
 		{"ok get", &pb.GetRequest{Key: "a.b *>"}, nil, ""},
-		{"empty key", &pb.GetRequest{}, apierr.ErrInvalid, "empty_key"},
-		{"key too long", &pb.GetRequest{Key: long}, apierr.ErrTooLarge, "key_too_long"},
+		{"empty key", &pb.GetRequest{}, apierr.ErrInvalid, apierr.ReasonEmptyKey},
+		{"key too long", &pb.GetRequest{Key: long}, apierr.ErrTooLarge, apierr.ReasonKeyTooLong},
 		{"key of 1024 bytes", &pb.PutRequest{Key: long[1:]}, nil, ""},
-		{"unknown consistency", &pb.GetRequest{Key: "k", Consistency: 9}, apierr.ErrInvalid, "invalid_consistency"},
-		{"value too large", &pb.PutRequest{Key: "k", Value: make([]byte, 11)}, apierr.ErrTooLarge, "value_too_large"},
-		{"ttl below 1s", &pb.PutRequest{Key: "k", TtlMs: 999}, apierr.ErrInvalid, "ttl_ms_too_short"},
-		{"negative ttl", &pb.PutRequest{Key: "k", TtlMs: -5}, apierr.ErrInvalid, "ttl_ms_too_short"},
+		{"unknown consistency", &pb.GetRequest{Key: "k", Consistency: 9}, apierr.ErrInvalid, apierr.ReasonInvalidConsistency},
+		{"value too large", &pb.PutRequest{Key: "k", Value: make([]byte, 11)}, apierr.ErrTooLarge, apierr.ReasonValueTooLarge},
+		{"ttl below 1s", &pb.PutRequest{Key: "k", TtlMs: 999}, apierr.ErrInvalid, apierr.ReasonTTLTooShort},
+		{"negative ttl", &pb.PutRequest{Key: "k", TtlMs: -5}, apierr.ErrInvalid, apierr.ReasonTTLTooShort},
 		{"ttl of 1s", &pb.PutRequest{Key: "k", TtlMs: 1000}, nil, ""},
-		{"fence with ttl", &pb.PutRequest{Key: "k", TtlMs: 1000, Fence: fence("l", 3)}, apierr.ErrInvalid, "fence_with_ttl"},
-		{"fence without token", &pb.PutRequest{Key: "k", Fence: fence("l", 0)}, apierr.ErrInvalid, "missing_fence_token"},
-		{"fence without lock", &pb.DeleteRequest{Key: "k", Fence: fence("", 3)}, apierr.ErrInvalid, "empty_fence_lock"},
-		{"fence lock too long", &pb.DeleteRequest{Key: "k", Fence: fence(strings.Repeat("l", 257), 3)}, apierr.ErrTooLarge, "fence_lock_too_long"},
-		{"scan limit too large", &pb.ScanRequest{Limit: 1001}, apierr.ErrInvalid, "limit_too_large"},
+		{"fence with ttl", &pb.PutRequest{Key: "k", TtlMs: 1000, Fence: fence("l", 3)}, apierr.ErrInvalid, apierr.ReasonFenceWithTTL},
+		{"fence without token", &pb.PutRequest{Key: "k", Fence: fence("l", 0)}, apierr.ErrInvalid, apierr.ReasonMissingFenceToken},
+		{"fence without lock", &pb.DeleteRequest{Key: "k", Fence: fence("", 3)}, apierr.ErrInvalid, apierr.ReasonEmptyFenceLock},
+		{"fence lock too long", &pb.DeleteRequest{Key: "k", Fence: fence(strings.Repeat("l", 257), 3)}, apierr.ErrTooLarge, apierr.ReasonFenceLockTooLong},
+		{"scan limit too large", &pb.ScanRequest{Limit: 1001}, apierr.ErrInvalid, apierr.ReasonLimitTooLarge},
 		{"scan everything", &pb.ScanRequest{}, nil, ""},
-		{"scan after too long", &pb.ScanRequest{After: long}, apierr.ErrTooLarge, "after_too_long"},
+		{"scan after too long", &pb.ScanRequest{After: long}, apierr.ErrTooLarge, apierr.ReasonAfterTooLong},
 	}
 	for _, c := range cases {
 		err := limits.Request(c.req, 10)
@@ -47,7 +47,7 @@ func TestRequestLimits(t *testing.T) {
 			continue
 		}
 		var e *apierr.Error
-		if !errors.As(err, &e) || !errors.Is(err, c.kind) || e.Reason != c.reason {
+		if !errors.As(err, &e) || !errors.Is(err, c.kind) || !errors.Is(err, c.reason) {
 			t.Errorf("%s: got %v (reason %q), want %v %q", c.name, err, reasonOf(err), c.kind, c.reason)
 		}
 	}
