@@ -28,7 +28,11 @@ type ShardMap struct {
 	// Grows by one with every change of the shard set.
 	Epoch uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Shard ids, e.g. "0", "1", "2". Order does not matter to hashing.
-	Shards        []string `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
+	Shards []string `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
+	// The running or the last change of the set (admin.proto). While it runs
+	// epoch and shards are still the old set's; the flip sets both and
+	// move.state DONE in one update.
+	Move          *ShardMove `protobuf:"bytes,3,opt,name=move,proto3" json:"move,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -73,6 +77,13 @@ func (x *ShardMap) GetEpoch() uint64 {
 func (x *ShardMap) GetShards() []string {
 	if x != nil {
 		return x.Shards
+	}
+	return nil
+}
+
+func (x *ShardMap) GetMove() *ShardMove {
+	if x != nil {
+		return x.Move
 	}
 	return nil
 }
@@ -200,10 +211,11 @@ var File_latchkey_v1_internal_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_internal_proto_rawDesc = "" +
 	"\n" +
-	"\x1alatchkey/v1/internal.proto\x12\vlatchkey.v1\"8\n" +
+	"\x1alatchkey/v1/internal.proto\x12\vlatchkey.v1\x1a\x17latchkey/v1/admin.proto\"d\n" +
 	"\bShardMap\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06shards\x18\x02 \x03(\tR\x06shards\"\x80\x01\n" +
+	"\x06shards\x18\x02 \x03(\tR\x06shards\x12*\n" +
+	"\x04move\x18\x03 \x01(\v2\x16.latchkey.v1.ShardMoveR\x04move\"\x80\x01\n" +
 	"\bFenceSet\x129\n" +
 	"\x06tokens\x18\x01 \x03(\v2!.latchkey.v1.FenceSet.TokensEntryR\x06tokens\x1a9\n" +
 	"\vTokensEntry\x12\x10\n" +
@@ -234,14 +246,16 @@ var file_latchkey_v1_internal_proto_goTypes = []any{
 	(*FenceSet)(nil),   // 1: latchkey.v1.FenceSet
 	(*LockRecord)(nil), // 2: latchkey.v1.LockRecord
 	nil,                // 3: latchkey.v1.FenceSet.TokensEntry
+	(*ShardMove)(nil),  // 4: latchkey.v1.ShardMove
 }
 var file_latchkey_v1_internal_proto_depIdxs = []int32{
-	3, // 0: latchkey.v1.FenceSet.tokens:type_name -> latchkey.v1.FenceSet.TokensEntry
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 0: latchkey.v1.ShardMap.move:type_name -> latchkey.v1.ShardMove
+	3, // 1: latchkey.v1.FenceSet.tokens:type_name -> latchkey.v1.FenceSet.TokensEntry
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_latchkey_v1_internal_proto_init() }
@@ -249,6 +263,7 @@ func file_latchkey_v1_internal_proto_init() {
 	if File_latchkey_v1_internal_proto != nil {
 		return
 	}
+	file_latchkey_v1_admin_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
