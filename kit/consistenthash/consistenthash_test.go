@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/latchkey/latchkey/services/router/consistenthash"
+	"github.com/latchkey/latchkey/kit/consistenthash"
 )
 
 // The requirements of the router's design: over 1M random keys the busiest
