@@ -103,6 +103,11 @@ const (
 	ReasonJetStreamWrite   Reason = "jetstream_write"
 	ReasonShardUnavailable Reason = "shard_unavailable"
 	ReasonShardTimeout     Reason = "shard_timeout"
+	// ReasonMoved: the shard handed the key over to another shard (a move
+	// of the shard set); the router retries there.
+	ReasonMoved Reason = "moved"
+	// ReasonHandover: the key is between its old and its new shard.
+	ReasonHandover Reason = "handover"
 )
 
 // The reasons of 500 replies (ErrInternal): a bug or corrupt data.
@@ -157,7 +162,7 @@ func init() {
 		ErrUnavailable: {ReasonNoResponders, ReasonTimeout, ReasonNATS, ReasonContention, ReasonOverloaded,
 			ReasonViewStale, ReasonViewBehind, ReasonNoQuorum, ReasonExpiryPending, ReasonShuttingDown,
 			ReasonJetStream, ReasonJetStreamBusy, ReasonJetStreamRead, ReasonJetStreamWrite,
-			ReasonShardUnavailable, ReasonShardTimeout},
+			ReasonShardUnavailable, ReasonShardTimeout, ReasonMoved, ReasonHandover},
 		ErrInternal: {ReasonInternal, ReasonMalformedReply, ReasonBadFences, ReasonBadShardPage,
 			ReasonCorruptLock, ReasonUnknownRequest, ReasonEmptyPage},
 	} {
