@@ -85,23 +85,20 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 		return nil, err
 	}
 	r := m.(*pb.GetRequest)
+	handover := isHandover(req)
 	if r.Consistency == pb.Consistency_CONSISTENCY_STALE {
 		if !sh.healthy.Load() || sh.lagging() {
 			return nil, apierr.Unavailable("view_stale",
 				"shard %s: this instance's view is behind its stream; stale reads are refused until it catches up", sh.id)
 		}
-		v, seq, ok := sh.view.get(r.Key)
-		if !ok {
-			return &pb.GetResponse{Key: r.Key}, nil
-		}
-		return &pb.GetResponse{Found: true, Key: r.Key, Value: v, Revision: seq}, nil
+		return sh.answerFromView(r.Key, handover)
 	}
 	sh.linGets.Add(1)
 	defer sh.linGets.Add(-1)
-	if resp, ok := sh.getBatched(ctx, r.Key); ok {
-		return resp, nil
+	if resp, ok, err := sh.getBatched(ctx, r.Key, handover); ok {
+		return resp, err
 	}
-	b, err := sh.confirmedRead(ctx, r.Key)
+	b, point, err := sh.confirmedRead(ctx, r.Key)
 	var ae *apierr.Error
 	if errors.As(err, &ae) && ae.Reason == "contention" {
 		// The key kept changing between read and confirmation: a barrier
@@ -109,20 +106,40 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 		if err = sh.sync(ctx); err != nil {
 			return nil, err
 		}
-		v, seq, found := sh.view.get(r.Key)
-		if !found {
-			return &pb.GetResponse{Key: r.Key}, nil
-		}
-		return &pb.GetResponse{Found: true, Key: r.Key, Value: v, Revision: seq}, nil
+		return sh.answerFromView(r.Key, handover)
 	}
 	if err != nil {
 		return nil, err
 	}
 	sh.view.remember(r.Key, b)
+	// Ownership records are judged at the read point: the key's message,
+	// or for an absent key the confirming barrier (handover.go).
+	if b.seq != 0 {
+		point = b.seq
+	}
+	if err := sh.settle(ctx, point); err != nil {
+		return nil, err
+	}
+	if err := sh.verdict(r.Key, b, handover); err != nil {
+		return nil, err
+	}
 	if !b.live {
 		return &pb.GetResponse{Key: r.Key}, nil
 	}
 	return &pb.GetResponse{Found: true, Key: r.Key, Value: b.value, Revision: b.rev}, nil
+}
+
+// answerFromView answers a get from the view as it stands, ownership
+// records included.
+func (sh *shard) answerFromView(key string, handover bool) (*pb.GetResponse, error) {
+	b := sh.view.lookup(key)
+	if err := sh.verdict(key, b, handover); err != nil {
+		return nil, err
+	}
+	if !b.live {
+		return &pb.GetResponse{Key: key}, nil
+	}
+	return &pb.GetResponse{Found: true, Key: key, Value: b.value, Revision: b.rev}, nil
 }
 
 func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, error) {
@@ -134,7 +151,7 @@ func (sh *shard) put(ctx context.Context, req *service.Request) (proto.Message, 
 	if err := sh.checkToken(ctx, r.Fence); err != nil {
 		return nil, err
 	}
-	res, err := sh.apply(ctx, &write{key: r.Key, value: r.Value, ttlMs: r.TtlMs, expected: r.ExpectedRevision, fence: r.Fence})
+	res, err := sh.apply(ctx, &write{key: r.Key, value: r.Value, ttlMs: r.TtlMs, expected: r.ExpectedRevision, fence: r.Fence, handover: isHandover(req)})
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +167,7 @@ func (sh *shard) delete(ctx context.Context, req *service.Request) (proto.Messag
 	if err := sh.checkToken(ctx, r.Fence); err != nil {
 		return nil, err
 	}
-	res, err := sh.apply(ctx, &write{key: r.Key, del: true, expected: r.ExpectedRevision, fence: r.Fence})
+	res, err := sh.apply(ctx, &write{key: r.Key, del: true, expected: r.ExpectedRevision, fence: r.Fence, handover: isHandover(req)})
 	if err != nil {
 		return nil, err
 	}
@@ -198,19 +215,16 @@ const batchedReadWait = time.Second
 // the view's delivery, so ok is false and the caller reads that way; it is
 // false too whenever the view cannot confirm itself in time. Either way the
 // answer rests on a write a quorum committed after the get arrived.
-func (sh *shard) getBatched(ctx context.Context, key string) (resp *pb.GetResponse, ok bool) {
+func (sh *shard) getBatched(ctx context.Context, key string, handover bool) (resp *pb.GetResponse, ok bool, err error) {
 	if !sh.healthy.Load() || (sh.linGets.Load() < 2 && !sh.barrier.busy()) {
-		return nil, false
+		return nil, false, nil
 	}
 	wctx, cancel := context.WithTimeout(ctx, batchedReadWait)
 	defer cancel()
 	if err := sh.sync(wctx); err != nil {
-		return nil, false
+		return nil, false, nil
 	}
 	sh.batchedReads.Add(1)
-	v, seq, found := sh.view.get(key)
-	if !found {
-		return &pb.GetResponse{Key: key}, true
-	}
-	return &pb.GetResponse{Found: true, Key: key, Value: v, Revision: seq}, true
+	resp, err = sh.answerFromView(key, handover)
+	return resp, true, err
 }

@@ -192,13 +192,20 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	h := m.Headers()
 	seq := md.Sequence.Stream
 	token := subjectToken(m.Subject())
-	if token == floorToken {
+	switch token {
+	case floorToken:
 		if f, ok := parseFloor(m.Data()); ok {
 			sh.view.raiseFloor(f)
 		}
+	case ownerToken:
+		if o, ok := parseOwnership(seq, m.Data()); ok {
+			sh.view.setOwner(o)
+			sh.log.Info("ownership record applied", "seq", seq, "epoch", o.epoch)
+		}
 	}
 	key, err := decodeKey(token)
-	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), expiryNanos(md.Timestamp, h), isLive(h), m.Data(), h.Get(hdrFences))
+	moved := movedTo(h) != ""
+	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), moved, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
 	sh.feed.observe(key, err == nil, seq, rev, md.Timestamp, h, m.Data())
 }
 
@@ -429,6 +436,9 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 		case err == nil:
 			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences), writeID: m.Header.Get(hdrWriteID)}
 			b.marker = isServerMarker(m.Header)
+			if b.movedTo = movedTo(m.Header); b.movedTo != "" {
+				b.moved, b.live, b.value = true, false, nil
+			}
 			floor, _ := sh.view.floorAt()
 			b.rev = readRevInfo(m.Header).revision(m.Seq, b.marker, floor)
 			if b.live {
@@ -452,6 +462,7 @@ type write struct {
 	ttlMs    int64
 	expected *uint64
 	fence    *pb.Fence
+	handover bool // the router retries after the key's old shard said moved
 }
 
 // writeResult is the outcome of a write: wrote is false for a delete that
@@ -530,6 +541,16 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			}
 			continue
 		}
+		if err := sh.verdict(w.key, cur, w.handover); err != nil {
+			// Decided on the stream's state only: a guess may be stale.
+			if !authoritative {
+				if err := refresh(); err != nil {
+					return writeResult{}, err
+				}
+				continue
+			}
+			return writeResult{}, err
+		}
 		fencesHdr, skip, err := w.plan(cur, sh.unsafe)
 		if err != nil || skip {
 			if !authoritative {
@@ -589,6 +610,11 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 				written.exp = sent.Add(time.Duration(jskv.CeilSeconds(w.ttlMs)) * time.Second).UnixNano()
 			}
 			sh.view.remember(w.key, written)
+			if cur.seq == 0 {
+				if err := sh.postCheck(ctx, w.key, ack.Sequence); err != nil {
+					return writeResult{}, err
+				}
+			}
 			return writeResult{seq: ack.Sequence, rev: written.rev, wrote: true, was: cur.live}, nil
 		}
 		switch {
@@ -617,6 +643,11 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// twice; refusing a CAS would deny a write that happened.
 			sh.noteAcked(cur.seq)
 			sh.view.remember(w.key, cur)
+			if tried == 0 {
+				if err := sh.postCheck(ctx, w.key, cur.seq); err != nil {
+					return writeResult{}, err
+				}
+			}
 			return writeResult{seq: cur.seq, rev: cur.rev, wrote: true, was: was}, nil
 		}
 		sh.view.remember(w.key, cur)

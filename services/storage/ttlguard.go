@@ -123,25 +123,28 @@ func (sh *shard) swallowed(ctx context.Context, subject string, seq uint64, sent
 // sequence it returned. A stream leader cut off from its quorum keeps
 // answering reads for seconds; it cannot commit the barrier, so its
 // answer is never returned (503 instead).
-func (sh *shard) confirmedRead(ctx context.Context, key string) (base, error) {
+//
+// It also returns the barrier's sequence: the read point, which the view
+// must reach before an absent answer can be checked against ownership.
+func (sh *shard) confirmedRead(ctx context.Context, key string) (base, uint64, error) {
 	subject := sh.subjPfx + encodeKey(key)
 	for range confirmAttempts {
 		b, err := sh.leaderRead(ctx, key)
 		if err != nil {
-			return base{}, err
+			return base{}, 0, err
 		}
 		pctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, sh.stream)
 		bseq, err := jskv.ConfirmLast(pctx, sh.js, sh.barrierSubj, subject, b.seq)
 		telemetry.End(span, 0, err)
 		if err == nil {
 			sh.noteAcked(bseq)
-			return b, nil
+			return b, bseq, nil
 		}
 		if !errors.Is(err, jskv.ErrWrongLastSequence) {
-			return base{}, unavailable(sh.id, "read confirmation", err)
+			return base{}, 0, unavailable(sh.id, "read confirmation", err)
 		}
 		// The key changed between the read and its confirmation: read again.
 	}
-	return base{}, apierr.Unavailable("contention",
+	return base{}, 0, apierr.Unavailable("contention",
 		"shard %s: the key changed under %d confirmed reads in a row; retry", sh.id, confirmAttempts)
 }

@@ -17,21 +17,22 @@ import (
 // (live=false) because their sequence, revision and fences are the base of
 // the next conditional write.
 type entry struct {
-	kv   []byte // key, then Latchkey-Fences header, then value; never modified once stored
-	seq  uint64 // stream sequence of the key's current message
-	rev  uint64 // the key's revision (revision.go)
-	exp  int64  // unix nanos (server clock) when the server expires it; 0 = never
-	flen uint32
-	klen uint16
-	live bool
+	kv    []byte // key, then Latchkey-Fences header, then value; never modified once stored
+	seq   uint64 // stream sequence of the key's current message
+	rev   uint64 // the key's revision (revision.go)
+	exp   int64  // unix nanos (server clock) when the server expires it; 0 = never
+	flen  uint32
+	klen  uint16
+	live  bool
+	moved bool // a moved marker: the key was handed to another shard
 }
 
-func newEntry(key string, seq, rev uint64, exp int64, live bool, value []byte, fences string) entry {
+func newEntry(key string, seq, rev uint64, exp int64, live, moved bool, value []byte, fences string) entry {
 	kv := make([]byte, len(key)+len(fences)+len(value))
 	n := copy(kv, key)
 	n += copy(kv[n:], fences)
 	copy(kv[n:], value)
-	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live}
+	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live, moved: moved}
 }
 
 func (e *entry) key() []byte    { return e.kv[:e.klen] }
@@ -53,6 +54,8 @@ type base struct {
 	seq     uint64
 	rev     uint64
 	marker  bool   // the server's own marker (an expiry): its rev is only a bound
+	moved   bool   // a moved marker (handover.go)
+	movedTo string // the shard it names; from leader reads only
 	exp     int64  // unix nanos, server clock; 0 = never expires
 	writeID string // Latchkey-Write-Id of the message, from leader reads only
 	live    bool
@@ -74,8 +77,9 @@ type view struct {
 	mu       sync.RWMutex
 	tree     *btree.BTreeG[entry]
 	applied  uint64
-	floor    uint64    // the shard's revision floor as of applied (revision.go)
-	progress time.Time // when the consumer last delivered a message
+	floor    uint64     // the shard's revision floor as of applied (revision.go)
+	own      *ownership // the last ownership record applied; nil: owns every key (handover.go)
+	progress time.Time  // when the consumer last delivered a message
 	pending  map[string]base
 	live     int // live keys in tree
 	waiters  int
@@ -99,7 +103,7 @@ func newView() *view {
 // revision. Ordered consumers may deliver a message again after a reset;
 // older sequences are ignored. isKey is false for messages that are not
 // keys (scan barriers, floor records).
-func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker bool, exp int64, live bool, value []byte, fences string) uint64 {
+func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, moved bool, exp int64, live bool, value []byte, fences string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
@@ -107,7 +111,10 @@ func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker bool
 	if isKey {
 		old, found := v.tree.Get(probe(key))
 		if !found || seq > old.seq {
-			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, value, fences))
+			if moved {
+				value = nil // the marker's copy of the value is the mover's, not the view's
+			}
+			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, moved, value, fences))
 			if found && old.live {
 				v.live--
 			}
@@ -145,6 +152,39 @@ func (v *view) raiseFloor(floor uint64) {
 	}
 }
 
+// setOwner applies an ownership record; an older one (a redelivery)
+// changes nothing.
+func (v *view) setOwner(o *ownership) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.own == nil || o.seq > v.own.seq {
+		v.own = o
+	}
+}
+
+// owner returns the last ownership record applied (nil: none).
+func (v *view) owner() *ownership {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.own
+}
+
+// lookup returns the tree's entry for key as a base (seq 0: none), with
+// its value.
+func (v *view) lookup(key string) base {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	e, ok := v.tree.Get(probe(key))
+	if !ok {
+		return base{}
+	}
+	b := base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, moved: e.moved, fences: e.fences()}
+	if e.live {
+		b.value = e.value()
+	}
+	return b
+}
+
 // floorAt returns the view's floor and the sequence it has applied.
 func (v *view) floorAt() (floor, applied uint64) {
 	v.mu.RLock()
@@ -177,23 +217,12 @@ func (v *view) guess(key string) base {
 	defer v.mu.RUnlock()
 	var b base
 	if e, ok := v.tree.Get(probe(key)); ok {
-		b = base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, fences: e.fences()}
+		b = base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, moved: e.moved, fences: e.fences()}
 	}
 	if p, ok := v.pending[key]; ok && p.seq > b.seq {
 		b = p
 	}
 	return b
-}
-
-// get answers a stale read from the tree.
-func (v *view) get(key string) (value []byte, rev uint64, found bool) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	e, ok := v.tree.Get(probe(key))
-	if !ok || !e.live {
-		return nil, 0, false
-	}
-	return e.value(), e.rev, true
 }
 
 // liveKeys counts the keys that hold a value (tombstones excluded).

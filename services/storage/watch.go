@@ -126,7 +126,9 @@ func (h *watchHub) observe(key string, isKey bool, seq, rev uint64, ts time.Time
 		return // a redelivery after a consumer restart
 	}
 	h.pos, h.posTime = seq, ts.UnixMilli()
-	if !isKey || len(h.feeds) == 0 {
+	if !isKey || len(h.feeds) == 0 || movedTo(hdr) != "" || hdr.Get(hdrRevision) != "" {
+		// A move's markers and copies change where a key lives, not the
+		// key: they emit no events (docs/API.md, "Watch").
 		return
 	}
 	cursor := watchspec.FormatCursor(seq, h.posTime)

@@ -1,0 +1,153 @@
+package storage
+
+import (
+	"context"
+	"strconv"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/consistenthash"
+	"github.com/latchkey/latchkey/kit/service"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+)
+
+// The storage side of a move of the shard set (docs/ARCHITECTURE.md,
+// "Resharding"). Two kinds of records decide which keys a shard still
+// serves, and both are messages in the shard's own stream, so every
+// instance's view applies them in the stream's order:
+//
+//   - a moved marker on a key (hdrMovedTo): the mover wrote it conditioned
+//     on the sequence it copied, so no write conditioned on an older
+//     message can land after it; the shard answers 503 moved for the key
+//     and the router asks the new owner;
+//   - the ownership record ($KV.<bucket>.=owner, a pb.ShardMap): from its
+//     sequence on, the shard owns only the keys that hash to it under that
+//     set. A key it does not own is served only from a message older than
+//     the record (the mover still has to hand it over); no message, or a
+//     newer one, is answered moved. A create that lands after the record is
+//     found so by the writer's own view (postCheck) and answered 503
+//     handover: it may remain in the stream, never served.
+
+// Headers of moved markers, and of shard requests from routers.
+const (
+	// hdrMovedTo names the shard a key was handed to. The marker also
+	// carries the key's revision (hdrRevision), fences, and, so that a
+	// resumed mover can finish the copy, the value (body), hdrMovedLive
+	// and hdrMovedExpires.
+	hdrMovedTo = "Latchkey-Moved-To"
+	// hdrMovedLive is "1" when the key held a value (not a tombstone).
+	hdrMovedLive = "Latchkey-Moved-Live"
+	// hdrMovedExpires is the unix ms at which the server would have
+	// expired the value; the copy's TTL is what remains of it.
+	hdrMovedExpires = "Latchkey-Moved-Expires"
+	// HeaderHandover on a shard request says that the key's previous
+	// owner answered moved: the receiving shard must not take "no message"
+	// for "absent", since the copy may not have landed yet.
+	HeaderHandover = "Latchkey-Handover"
+	// HeaderEpoch carries the epoch of the sender's shard map.
+	HeaderEpoch = "Latchkey-Epoch"
+	// ownerToken is the subject token of the ownership record.
+	ownerToken = "=owner"
+)
+
+// Headers the mover writes; exported for the mover in the router module.
+const (
+	HeaderRevision     = hdrRevision
+	HeaderMovedTo      = hdrMovedTo
+	HeaderMovedLive    = hdrMovedLive
+	HeaderMovedExpires = hdrMovedExpires
+	HeaderFences       = hdrFences
+	// FloorToken and OwnerToken are the last subject tokens of the floor
+	// and ownership records in a shard's bucket.
+	FloorToken = floorToken
+	OwnerToken = ownerToken
+)
+
+// ownership is an applied ownership record.
+type ownership struct {
+	seq   uint64
+	epoch uint64
+	hash  *consistenthash.Map
+}
+
+// owns reports whether the record leaves key with shard id.
+func (o *ownership) owns(id, key string) bool { return o == nil || o.hash.Get(key) == id }
+
+// parseOwnership reads an ownership record's body.
+func parseOwnership(seq uint64, data []byte) (*ownership, bool) {
+	m := &pb.ShardMap{}
+	if err := proto.Unmarshal(data, m); err != nil || len(m.Shards) == 0 {
+		return nil, false
+	}
+	return &ownership{seq: seq, epoch: m.Epoch, hash: consistenthash.New(m.Shards)}, true
+}
+
+// isHandover reports whether a request is a router's retry after moved.
+func isHandover(req *service.Request) bool {
+	return req != nil && req.Msg != nil && req.Msg.Header.Get(HeaderHandover) != ""
+}
+
+func movedTo(h nats.Header) string {
+	if h == nil {
+		return ""
+	}
+	return h.Get(hdrMovedTo)
+}
+
+func (sh *shard) errMoved(key, to string) error {
+	if to == "" {
+		return apierr.Unavailable(apierr.ReasonMoved, "shard %s: the key's buckets moved to another shard; retry on its new owner", sh.id)
+	}
+	return apierr.Unavailable(apierr.ReasonMoved, "shard %s: the key moved to shard %s; retry there", sh.id, to)
+}
+
+func (sh *shard) errHandover() error {
+	return apierr.Unavailable(apierr.ReasonHandover, "shard %s: the key is being handed over to this shard; retry", sh.id)
+}
+
+// verdict decides whether this shard may answer for key whose current
+// message is b (seq 0: none), read at a point the view has reached. nil
+// means serve b as it is.
+func (sh *shard) verdict(key string, b base, handover bool) error {
+	if b.moved {
+		return sh.errMoved(key, b.movedTo)
+	}
+	if o := sh.view.owner(); !o.owns(sh.id, key) && (b.seq == 0 || b.seq > o.seq) {
+		return sh.errMoved(key, "")
+	}
+	if handover && b.seq == 0 {
+		return sh.errHandover()
+	}
+	return nil
+}
+
+// settle waits until the view has applied seq, so that verdict sees every
+// ownership record before it.
+func (sh *shard) settle(ctx context.Context, seq uint64) error {
+	if sh.view.appliedSeq() >= seq {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, batchedReadWait)
+	defer cancel()
+	if err := sh.view.wait(wctx, seq); err != nil {
+		return apierr.Unavailable(apierr.ReasonViewBehind, "shard %s: the view did not reach sequence %d in time", sh.id, seq)
+	}
+	return nil
+}
+
+// postCheck runs after a create (a write conditioned on "no message")
+// was stored at seq: if an ownership record that disowns key precedes it,
+// the shard may already have handed the key's buckets over, so the write
+// is answered 503 handover (it stays an orphan nobody serves).
+func (sh *shard) postCheck(ctx context.Context, key string, seq uint64) error {
+	if err := sh.settle(ctx, seq); err != nil {
+		return err
+	}
+	if o := sh.view.owner(); !o.owns(sh.id, key) && o.seq < seq {
+		return sh.errHandover()
+	}
+	return nil
+}
+
+func formatUint(v uint64) string { return strconv.FormatUint(v, 10) }
