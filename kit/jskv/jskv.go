@@ -41,6 +41,11 @@ const (
 	// HeaderMarkerReason is set on markers the server writes itself, e.g.
 	// when a message's TTL ran out ("MaxAge").
 	HeaderMarkerReason = "Nats-Marker-Reason"
+	// HeaderWriteID names one conditional write of a latchkey service. A
+	// server may refuse a publish it stored (at a partition heal, or the
+	// reply is lost to a timeout); the writer recognises its own write on
+	// the next read by this id instead of taking it for someone else's.
+	HeaderWriteID = "Latchkey-Write-Id"
 )
 
 // JetStream error codes this package interprets.

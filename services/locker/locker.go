@@ -31,7 +31,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
@@ -43,6 +45,7 @@ import (
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 )
@@ -116,6 +119,8 @@ type Server struct {
 	markTTL time.Duration // release markers' Nats-TTL
 	unsafe  Unsafe
 	svc     *service.Service
+	id      string        // this instance, in its write ids
+	writes  atomic.Uint64 // write ids issued
 
 	ctx    context.Context // cancelled by Stop: ends waits and watches
 	cancel context.CancelFunc
@@ -159,6 +164,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		guard:   cfg.RenewGuard, unsafe: cfg.Unsafe,
 		markTTL: cmp.Or(cfg.ReleaseMarkerTTL, MarkerTTL),
 		queues:  map[string]*waitQueue{},
+		id:      nuid.Next(),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	ep := func(name, endpoint string, f service.Func) service.Endpoint {
@@ -195,10 +201,11 @@ func (s *Server) Stop(ctx context.Context) error {
 
 // lease is the state of a lock as read from the leader.
 type lease struct {
-	seq    uint64    // last stream sequence of the key (0: no message)
-	exp    time.Time // when the server expires that message (its clock); zero: never
-	held   bool
-	record *pb.LockRecord // token resolved; nil unless held
+	seq     uint64    // last stream sequence of the key (0: no message)
+	exp     time.Time // when the server expires that message (its clock); zero: never
+	held    bool
+	record  *pb.LockRecord // token resolved; nil unless held
+	writeID string         // jskv.HeaderWriteID of that message, if a locker wrote it
 }
 
 func (l lease) remaining(now time.Time) time.Duration {
@@ -222,7 +229,7 @@ func (s *Server) read(ctx context.Context, name string) (lease, error) {
 	if err != nil || !found {
 		return lease{}, err
 	}
-	l := lease{seq: m.Seq}
+	l := lease{seq: m.Seq, writeID: m.Header.Get(jskv.HeaderWriteID)}
 	l.exp, _ = jskv.Expiry(m.Time, m.Header)
 	if jskv.IsDeleteMarker(m.Header) {
 		return l, nil
@@ -238,14 +245,20 @@ func (s *Server) read(ctx context.Context, name string) (lease, error) {
 	return l, nil
 }
 
+// writeID names one request's write (jskv.HeaderWriteID): unique across
+// locker instances, so a write read back with it is this request's own.
+func (s *Server) writeID() string {
+	return s.id + "-" + strconv.FormatUint(s.writes.Add(1), 36)
+}
+
 // write stores rec for name with a TTL of ttlMs (rounded up), if the key's
 // last sequence is still expected.
-func (s *Server) write(ctx context.Context, name string, rec *pb.LockRecord, expected uint64) (uint64, error) {
+func (s *Server) write(ctx context.Context, name string, rec *pb.LockRecord, expected uint64, id string) (uint64, error) {
 	data, err := proto.Marshal(rec)
 	if err != nil {
 		return 0, err
 	}
-	hdr := nats.Header{jskv.HeaderTTL: {jskv.TTLHeader(rec.TtlMs)}}
+	hdr := nats.Header{jskv.HeaderTTL: {jskv.TTLHeader(rec.TtlMs)}, jskv.HeaderWriteID: {id}}
 	return s.publishIfLast(ctx, name, data, hdr, expected)
 }
 
@@ -293,14 +306,22 @@ func lostRaceError(name string) error {
 // sequence of a delete or expiry marker a watch just reported: the first
 // write is then conditioned on it without reading first (the CAS makes
 // that safe; a stale hint only costs a conflict and a read).
+//
+// A write the server refused may still have been stored: the read after
+// it recognises the request's own write by its id and grants it, rather
+// than answer lock_held and leave the caller's lease blocking everyone.
 func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSeq uint64) (*pb.AcquireResponse, lease, error) {
-	refused, busy := uint64(0), 0
+	refused, busy, id := uint64(0), 0, s.writeID()
 	for lost := 0; lost < casRetries; {
 		l := lease{seq: markerSeq}
 		if markerSeq == 0 {
 			var err error
 			if l, err = s.read(ctx, in.Name); err != nil {
 				return nil, lease{}, err
+			}
+			if l.held && l.writeID == id {
+				writesRecognised.Inc()
+				return &pb.AcquireResponse{Token: l.record.Token, TtlMs: l.record.TtlMs}, lease{}, nil
 			}
 			if l.held {
 				return nil, l, nil
@@ -327,7 +348,7 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 		}
 		ttl := grantedTTL(in.TtlMs)
 		rec := &pb.LockRecord{Owner: in.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl}
-		seq, err := s.write(ctx, in.Name, rec, l.seq)
+		seq, err := s.write(ctx, in.Name, rec, l.seq, id)
 		switch {
 		case err == nil:
 			return &pb.AcquireResponse{Token: seq, TtlMs: ttl}, lease{}, nil
@@ -406,7 +427,14 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 		return nil, err
 	}
 	var ttl int64
-	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
+	id := s.writeID()
+	landed := func(l lease) error {
+		// Stored though refused: confirm it as a late renewal is, since
+		// the guard was decided on the lease it replaced.
+		ttl = l.record.GetTtlMs()
+		return s.confirmRenewal(ctx, in.Name, in.Token, l.seq)
+	}
+	err := s.whileHeld(ctx, in.Name, in.Token, id, landed, func(l lease) error {
 		if !s.unsafe.NoRenewGuard && s.expiring(l) {
 			return renewTooLate(in.Name, in.Token, l, s.guard)
 		}
@@ -417,7 +445,7 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 		// A rewrite with Nats-TTL, not a KV Update: an Update drops the
 		// TTL and the lock would never expire again.
 		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl, Token: in.Token}
-		seq, err := s.write(ctx, in.Name, rec, l.seq)
+		seq, err := s.write(ctx, in.Name, rec, l.seq, id)
 		if err != nil || s.unsafe.NoRenewGuard || !ackedLate(l) {
 			return err
 		}
@@ -437,13 +465,20 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 //
 // A refusal after which the lock reads unchanged was not a lost race but
 // another write on the key still in flight (a renewal, or a lock.get's
-// confirmation): it is waited out (jskv.WaitInFlight), not counted.
-func (s *Server) whileHeld(ctx context.Context, name string, token uint64, change func(lease) error) error {
+// confirmation): it is waited out (jskv.WaitInFlight), not counted. A
+// lock that reads as change's own write (id, unique to this request) was
+// stored though the server refused or never answered the publish: landed
+// decides the answer.
+func (s *Server) whileHeld(ctx context.Context, name string, token uint64, id string, landed, change func(lease) error) error {
 	refused, busy := uint64(0), 0
 	for lost := 0; lost < casRetries; {
 		l, err := s.read(ctx, name)
 		if err != nil {
 			return err
+		}
+		if l.writeID == id {
+			writesRecognised.Inc()
+			return landed(l)
 		}
 		if !l.held || l.record.Token != token {
 			return notHeld(name, token)
@@ -474,11 +509,14 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 		return nil, err
 	}
 	describe(ctx, in.Name, in.Token)
+	id := s.writeID()
 	hdr := nats.Header{
 		jskv.HeaderKVOperation: {"DEL"},
 		jskv.HeaderTTL:         {jskv.TTLHeader(s.markTTL.Milliseconds())},
+		jskv.HeaderWriteID:     {id},
 	}
-	err := s.whileHeld(ctx, in.Name, in.Token, func(l lease) error {
+	released := func(lease) error { return nil } // the release marker is ours
+	err := s.whileHeld(ctx, in.Name, in.Token, id, released, func(l lease) error {
 		_, err := s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
 		return err
 	})

@@ -44,10 +44,14 @@ var (
 		Name: "latchkey_lock_renewals_lost_total",
 		Help: "Renewals acknowledged by JetStream as their lease expired and purged by the server's expiry marker; answered 409 renew_too_late.",
 	})
+	writesRecognised = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "latchkey_lock_writes_recognised_total",
+		Help: "Lock writes JetStream refused although it had stored them (e.g. at a partition heal), recognised by their write id on the next read and answered as done.",
+	})
 )
 
 func init() {
-	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries, renewalsLost)
+	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries, renewalsLost, writesRecognised)
 }
 
 // instrument wraps a lock endpoint: it counts the answer by outcome, times
