@@ -6,15 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/latchkey/latchkey/client"
-	"github.com/latchkey/latchkey/kit/natstest"
-	"github.com/latchkey/latchkey/services/locker"
-	"github.com/latchkey/latchkey/services/router"
-	"github.com/latchkey/latchkey/services/storage"
+	"github.com/latchkey/latchkey/suite"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -36,77 +32,39 @@ type DeploymentConfig struct {
 }
 
 // Deployment is a NATS server with JetStream plus the storage, router and
-// locker services, all in this process, as `latchkey dev` runs them.
+// locker services, all in this process, as `latchkey dev` runs them
+// (package suite).
 type Deployment struct {
 	Server     *server.Server
 	URL        string
 	Durability string
 	// ServiceConn is the in-process connection the services share.
 	ServiceConn *nats.Conn
-	stops       []func(context.Context) error
+	suite       *suite.Deployment
 }
 
 // StartDeployment starts NATS and the three services and returns once
 // they serve.
 func StartDeployment(ctx context.Context, cfg DeploymentConfig) (*Deployment, error) {
-	if cfg.Shards < 1 {
-		cfg.Shards = 3
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	srv, err := natstest.Start(natstest.Options{StoreDir: cfg.Dir, Name: "latchkey-bench", SyncAlways: cfg.SyncAlways})
+	sd, err := suite.StartServer(ctx, suite.ServerConfig{
+		Options: suite.Options{Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: cfg.Logger},
+		Dir:     cfg.Dir, Name: "latchkey-bench", SyncAlways: cfg.SyncAlways,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("starting NATS: %w", err)
+		return nil, err
 	}
-	d := &Deployment{Server: srv, URL: srv.ClientURL(), Durability: DurabilityJSDefault}
+	d := &Deployment{Server: sd.Server, URL: sd.URL, Durability: DurabilityJSDefault, ServiceConn: sd.Conn, suite: sd}
 	if cfg.SyncAlways {
 		d.Durability = DurabilityJSAlways
 	}
-	d.ServiceConn, err = nats.Connect(d.URL, nats.InProcessServer(srv), nats.Name("latchkey-bench-services"))
-	if err != nil {
-		d.Stop(ctx)
-		return nil, err
-	}
-	ids := make([]string, cfg.Shards)
-	for i := range ids {
-		ids[i] = strconv.Itoa(i)
-	}
-	st, err := storage.Start(ctx, d.ServiceConn, storage.Config{Prefix: cfg.Prefix, Shards: ids, Logger: cfg.Logger})
-	if err != nil {
-		d.Stop(ctx)
-		return nil, fmt.Errorf("starting storage: %w", err)
-	}
-	d.stops = append(d.stops, st.Stop)
-	rt, err := router.Start(ctx, d.ServiceConn, router.Config{Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: cfg.Logger})
-	if err != nil {
-		d.Stop(ctx)
-		return nil, fmt.Errorf("starting router: %w", err)
-	}
-	d.stops = append(d.stops, rt.Stop)
-	lk, err := locker.Start(ctx, d.ServiceConn, locker.Config{Prefix: cfg.Prefix, Logger: cfg.Logger})
-	if err != nil {
-		d.Stop(ctx)
-		return nil, fmt.Errorf("starting locker: %w", err)
-	}
-	d.stops = append(d.stops, lk.Stop)
 	return d, nil
 }
 
 // Stop stops the services, then the connection, then the server.
-func (d *Deployment) Stop(ctx context.Context) {
-	for i := len(d.stops) - 1; i >= 0; i-- {
-		_ = d.stops[i](ctx)
-	}
-	d.stops = nil
-	if d.ServiceConn != nil {
-		d.ServiceConn.Close()
-	}
-	if d.Server != nil {
-		d.Server.Shutdown()
-		d.Server.WaitForShutdown()
-	}
-}
+func (d *Deployment) Stop(ctx context.Context) { d.suite.Stop(ctx) }
 
 // connPool opens n client connections to url; calls spread over them.
 func connPool(url, name string, n int) ([]*nats.Conn, error) {

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/latchkey/latchkey/kit/jskv"
-	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/natsembed"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/services/router/consistenthash"
 	"github.com/latchkey/latchkey/services/storage"
@@ -86,7 +86,7 @@ func MeasureStorage(ctx context.Context, dir string, keys, valueSize int, log *s
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
-	srv, err := natstest.Start(natstest.Options{StoreDir: filepath.Join(dir, "nats-memory"), Name: "latchkey-bench-memory"})
+	srv, err := natsembed.Start(natsembed.Options{StoreDir: filepath.Join(dir, "nats-memory"), Name: "latchkey-bench-memory"})
 	if err != nil {
 		return fig, err
 	}

@@ -27,6 +27,7 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/latchkey/latchkey/suite v0.0.0-00010101000000-000000000000
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
@@ -65,3 +66,5 @@ replace (
 	github.com/latchkey/latchkey/services/router => ../services/router
 	github.com/latchkey/latchkey/services/storage => ../services/storage
 )
+
+replace github.com/latchkey/latchkey/suite => ../suite

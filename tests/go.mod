@@ -51,6 +51,7 @@ require (
 	github.com/google/btree v1.1.3 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/latchkey/latchkey/suite v0.0.0-00010101000000-000000000000
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
@@ -70,3 +71,5 @@ replace (
 	github.com/latchkey/latchkey/services/router => ../services/router
 	github.com/latchkey/latchkey/services/storage => ../services/storage
 )
+
+replace github.com/latchkey/latchkey/suite => ../suite

@@ -1,6 +1,6 @@
 // Package inproc runs a whole latchkey deployment inside the process, for
 // `latchkey check --in-process` and the checker's CI test: a three-node
-// JetStream cluster (kit/natstest) with R3 buckets, two storage instances
+// JetStream cluster (kit/natsembed) with R3 buckets, two storage instances
 // serving every shard, two routers and two lockers, each instance on its
 // own NATS connection. A Deployment is a check.Injector: it kills and
 // restarts NATS nodes (a stream leader too) and restarts service
@@ -19,11 +19,11 @@ import (
 
 	"github.com/latchkey/latchkey/check"
 	"github.com/latchkey/latchkey/client"
-	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/natsembed"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/services/locker"
-	"github.com/latchkey/latchkey/services/router"
 	"github.com/latchkey/latchkey/services/storage"
+	"github.com/latchkey/latchkey/suite"
 	"github.com/nats-io/nats.go"
 )
 
@@ -56,7 +56,7 @@ type Options struct {
 // Deployment is a running in-process deployment.
 type Deployment struct {
 	o       Options
-	cluster *natstest.Cluster
+	cluster *natsembed.Cluster
 
 	mu      sync.Mutex
 	svcs    map[string][]*instance // by kind: storage, router, locker
@@ -83,7 +83,7 @@ func Start(ctx context.Context, o Options) (*Deployment, error) {
 	if o.ClientTimeout <= 0 {
 		o.ClientTimeout = 2 * time.Second
 	}
-	c, err := natstest.StartCluster(3, o.Dir)
+	c, err := natsembed.StartCluster(3, o.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -126,48 +126,31 @@ func (d *Deployment) start(ctx context.Context, kind string, i int) (*instance, 
 	if err != nil {
 		return nil, err
 	}
-	log := d.o.Logger.With("component", kind, "instance", i)
-	var stop func(context.Context) error
-	switch kind {
-	case "storage":
-		ids := make([]string, d.o.Shards)
-		for k := range ids {
-			ids[k] = strconv.Itoa(k)
-		}
-		// Watch events go out on a connection of their own, as in a
-		// deployment (services/storage Config.EventConn); without it the
-		// instance serves no watches.
-		var ev *nats.Conn
+	// Watch events go out on a connection of their own, as in a
+	// deployment (services/storage Config.EventConn); without it the
+	// instance serves no watches.
+	var ev *nats.Conn
+	if suite.Kind(kind) == suite.Storage {
 		if ev, err = d.connect(i, fmt.Sprintf("%s-%d-events", kind, i)); err != nil {
 			nc.Close()
 			return nil, err
 		}
-		var s *storage.Server
-		s, err = storage.Start(ctx, nc, storage.Config{Prefix: d.o.Prefix, Shards: ids, Replicas: 3, Logger: log, Unsafe: d.o.StorageUnsafe, EventConn: ev})
-		if s != nil {
-			stop = func(ctx context.Context) error {
-				defer ev.Close()
-				return s.Stop(ctx)
-			}
-		} else {
+	}
+	in, err := suite.StartInstance(ctx, suite.Kind(kind), nc, ev, suite.Options{Prefix: d.o.Prefix, Shards: d.o.Shards, Replicas: 3,
+		Logger: d.o.Logger, StorageUnsafe: d.o.StorageUnsafe, LockerUnsafe: d.o.LockerUnsafe}, "instance", i)
+	if err != nil {
+		if ev != nil {
 			ev.Close()
 		}
-	case "router":
-		var s *router.Server
-		s, err = router.Start(ctx, nc, router.Config{Prefix: d.o.Prefix, Shards: d.o.Shards, Replicas: 3, Logger: log})
-		if s != nil {
-			stop = s.Stop
-		}
-	case "locker":
-		var s *locker.Server
-		s, err = locker.Start(ctx, nc, locker.Config{Prefix: d.o.Prefix, Replicas: 3, Logger: log, Unsafe: d.o.LockerUnsafe})
-		if s != nil {
-			stop = s.Stop
-		}
-	}
-	if err != nil {
 		nc.Close()
 		return nil, err
+	}
+	stop := in.Stop
+	if ev != nil {
+		stop = func(ctx context.Context) error {
+			defer ev.Close()
+			return in.Stop(ctx)
+		}
 	}
 	return &instance{nc: nc, stop: stop}, nil
 }

@@ -11,14 +11,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/kit/telemetry"
-	"github.com/latchkey/latchkey/services/locker"
-	"github.com/latchkey/latchkey/services/router"
-	"github.com/latchkey/latchkey/services/storage"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nuid"
+	"github.com/latchkey/latchkey/suite"
 )
 
 // devStopTimeout bounds the clean shutdown; past it `latchkey dev` gives up
@@ -81,19 +76,19 @@ func devCmd(ctx context.Context, args []string) error {
 		log.Info("serving Prometheus metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 
-	d := &devDeployment{log: log}
-	if err := d.start(ctx, host, port, *data, *shards, *syncAlways); err != nil {
-		stopCtx, cancel := context.WithTimeout(context.Background(), devStopTimeout)
-		defer cancel()
-		d.stop(stopCtx)
+	d, err := suite.StartServer(ctx, suite.ServerConfig{
+		Options: suite.Options{Prefix: global.prefix, Shards: *shards, Replicas: 1, Logger: log},
+		Dir:     *data, Host: host, Port: port, Name: "latchkey-dev", SyncAlways: *syncAlways,
+	})
+	if err != nil {
 		return err
 	}
-	printDevBanner(d.url, global.prefix, *data, *shards)
+	printDevBanner(d.URL, global.prefix, *data, *shards)
 	<-ctx.Done()
 	log.Info("interrupted, shutting down (press Ctrl-C again to force)")
 	stopCtx, cancel := context.WithTimeout(context.Background(), devStopTimeout)
 	defer cancel()
-	d.stop(stopCtx)
+	d.Stop(stopCtx)
 	log.Info("stopped cleanly")
 	return nil
 }
@@ -102,110 +97,6 @@ func devCmd(ctx context.Context, args []string) error {
 func flagSet(fs *flag.FlagSet, name string) (set bool) {
 	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
 	return set
-}
-
-// devDeployment is everything `latchkey dev` runs, in start order.
-type devDeployment struct {
-	log   *slog.Logger
-	url   string
-	stopS func()     // shuts the NATS server down
-	nc    *nats.Conn // the services' connection
-	stops []devStop  // services, in start order
-}
-
-type devStop struct {
-	name string
-	stop func(context.Context) error
-}
-
-func (d *devDeployment) start(ctx context.Context, host string, port int, dir string, shards int, syncAlways bool) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	d.log.Info("starting NATS with JetStream", "listen", net.JoinHostPort(host, strconv.Itoa(port)), "data", dir)
-	// Clients without credentials may do anything (the tour needs no
-	// login); the watch event connection logs in as a user that may
-	// publish only to _INBOX.>, with a password made up per start.
-	eventsPass := nuid.Next()
-	users, noAuth := natstest.WatchUsers(eventsPass)
-	srv, err := natstest.Start(natstest.Options{Host: host, Port: port, StoreDir: dir, Name: "latchkey-dev", SyncAlways: syncAlways,
-		Users: users, NoAuthUser: noAuth})
-	if err != nil {
-		return fmt.Errorf("starting NATS on %s: %w", net.JoinHostPort(host, strconv.Itoa(port)), err)
-	}
-	d.stopS = func() { srv.Shutdown(); srv.WaitForShutdown() }
-	d.url = srv.ClientURL()
-
-	// The services share one in-process connection: no TCP hop, and it
-	// still behaves like any other NATS client.
-	d.nc, err = nats.Connect(d.url, nats.InProcessServer(srv), nats.Name("latchkey-dev"), nats.MaxReconnects(-1))
-	if err != nil {
-		return fmt.Errorf("connecting to the embedded NATS: %w", err)
-	}
-	events, err := nats.Connect(d.url, nats.InProcessServer(srv), nats.Name("latchkey-dev-watch-events"), nats.MaxReconnects(-1),
-		nats.UserInfo(natstest.EventsUser, eventsPass))
-	if err != nil {
-		return fmt.Errorf("connecting the watch event connection: %w", err)
-	}
-	d.stops = append(d.stops, devStop{"watch event connection", func(context.Context) error { events.Close(); return nil }})
-	prefix := global.prefix
-	ids := make([]string, shards)
-	for i := range ids {
-		ids[i] = strconv.Itoa(i)
-	}
-
-	d.log.Info("starting storage", "shards", shards)
-	st, err := storage.Start(ctx, d.nc, storage.Config{Prefix: prefix, Shards: ids, Replicas: 1, EventConn: events, Logger: d.log.With("component", "storage")})
-	if err != nil {
-		return fmt.Errorf("starting storage: %w", err)
-	}
-	d.stops = append(d.stops, devStop{"storage", st.Stop})
-
-	d.log.Info("starting router")
-	rt, err := router.Start(ctx, d.nc, router.Config{Prefix: prefix, Shards: shards, Replicas: 1, Logger: d.log.With("component", "router")})
-	if err != nil {
-		return fmt.Errorf("starting router: %w", err)
-	}
-	d.stops = append(d.stops, devStop{"router", rt.Stop})
-
-	d.log.Info("starting locker")
-	lk, err := locker.Start(ctx, d.nc, locker.Config{Prefix: prefix, Replicas: 1, Logger: d.log.With("component", "locker")})
-	if err != nil {
-		return fmt.Errorf("starting locker: %w", err)
-	}
-	d.stops = append(d.stops, devStop{"locker", lk.Stop})
-	return nil
-}
-
-// stop undoes start in reverse order: services first (they finish their
-// in-flight requests), then the connection drains, then the server goes.
-func (d *devDeployment) stop(ctx context.Context) {
-	for i := len(d.stops) - 1; i >= 0; i-- {
-		s := d.stops[i]
-		d.log.Info("stopping " + s.name)
-		if err := s.stop(ctx); err != nil {
-			d.log.Warn("stopping "+s.name, "err", err)
-		}
-	}
-	if d.nc != nil {
-		d.log.Info("draining the connection")
-		closed := make(chan struct{})
-		d.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-		if err := d.nc.Drain(); err != nil {
-			// Already closed, or closing: nothing left to drain.
-			d.nc.Close()
-		} else {
-			select {
-			case <-closed:
-			case <-ctx.Done():
-				d.nc.Close()
-			}
-		}
-	}
-	if d.stopS != nil {
-		d.log.Info("shutting NATS down")
-		d.stopS()
-	}
 }
 
 func printDevBanner(url, prefix, dir string, shards int) {

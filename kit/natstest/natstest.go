@@ -1,76 +1,36 @@
-// Package natstest starts real NATS servers with JetStream inside a test
-// process: one server, or a three-node cluster whose nodes can be shut down
-// and restarted to inject faults. It is also what `latchkey dev` embeds.
+// Package natstest is the test side of kit/natsembed: servers, clusters
+// and connections that a test starts and its cleanup stops, a cluster
+// whose routes can be cut (partitions), and probes of the server's timers
+// (expiries, reads at a TTL's edge). Production code uses kit/natsembed;
+// this package imports testing.
 package natstest
 
 import (
-	"fmt"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/natsembed"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
-// Options configures an embedded server.
-type Options struct {
-	Host     string // default 127.0.0.1
-	Port     int    // 0 picks a free port
-	StoreDir string // JetStream data; required
-	Name     string
-	// SyncAlways fsyncs every write: nothing acknowledged is lost on a crash.
-	SyncAlways bool
-	// Users, when set, turns on user authentication (with per-user
-	// permissions); NoAuthUser is the user of clients that bring no
-	// credentials. latchkey dev uses them to give the watch event
-	// connection a user that may publish only to _INBOX.>.
-	Users      []*server.User
-	NoAuthUser string
-}
+// Options configures an embedded server (natsembed.Options).
+type Options = natsembed.Options
 
-// Start runs one JetStream-enabled server and waits until it accepts clients.
-func Start(o Options) (*server.Server, error) {
-	so := serverOptions(o)
-	return run(so)
-}
+// Cluster is a three-node JetStream cluster on loopback (natsembed.Cluster).
+type Cluster = natsembed.Cluster
 
-func serverOptions(o Options) *server.Options {
-	if o.Host == "" {
-		o.Host = "127.0.0.1"
-	}
-	port := o.Port
-	if port == 0 {
-		port = server.RANDOM_PORT
-	}
-	so := &server.Options{
-		ServerName: o.Name,
-		Host:       o.Host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		NoSigs:     true,
-		MaxPayload: 1 << 20,
-	}
-	if o.SyncAlways {
-		so.SyncAlways = true
-	}
-	so.Users, so.NoAuthUser = o.Users, o.NoAuthUser
-	return so
-}
+// EventsUser is the user of the watch event connection (natsembed.EventsUser).
+const EventsUser = natsembed.EventsUser
 
-func run(so *server.Options) (*server.Server, error) {
-	s, err := server.NewServer(so)
-	if err != nil {
-		return nil, err
-	}
-	go s.Start()
-	if !s.ReadyForConnections(15 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("nats server %s not ready in 15s", so.ServerName)
-	}
-	return s, nil
+// Start runs one JetStream-enabled server (natsembed.Start); the caller
+// stops it.
+func Start(o Options) (*server.Server, error) { return natsembed.Start(o) }
+
+// WatchUsers returns the users of a server with a watch event user
+// (natsembed.WatchUsers).
+func WatchUsers(password string) (users []*server.User, noAuthUser string) {
+	return natsembed.WatchUsers(password)
 }
 
 // Server starts a single server for a test and stops it at cleanup.
@@ -96,128 +56,13 @@ func Connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
-// Cluster is a three-node JetStream cluster on loopback.
-type Cluster struct {
-	Nodes []*server.Server
-	opts  []*server.Options
-}
-
-// StartCluster starts n clustered servers whose data lives under dir.
-func StartCluster(n int, dir string) (*Cluster, error) {
-	ports := make([]int, n)
-	for i := range ports {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		ports[i] = p
-	}
-	routes := make([]string, n)
-	for i, p := range ports {
-		routes[i] = fmt.Sprintf("nats://127.0.0.1:%d", p)
-	}
-	c := &Cluster{}
-	for i := 0; i < n; i++ {
-		so := serverOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i)})
-		so.Cluster = server.ClusterOpts{Name: "latchkey", Host: "127.0.0.1", Port: ports[i]}
-		so.Routes = server.RoutesFromStr(strings.Join(routes, ","))
-		c.opts = append(c.opts, so)
-	}
-	for _, so := range c.opts {
-		s, err := server.NewServer(so)
-		if err != nil {
-			c.Shutdown()
-			return nil, err
-		}
-		go s.Start()
-		c.Nodes = append(c.Nodes, s)
-	}
-	for i, s := range c.Nodes {
-		if !s.ReadyForConnections(15 * time.Second) {
-			c.Shutdown()
-			return nil, fmt.Errorf("cluster node %s not ready", s.Name())
-		}
-		// Pin the port the node got, so Restart brings it back where
-		// clients will reconnect.
-		c.opts[i].Port = s.Addr().(*net.TCPAddr).Port
-	}
-	return c, c.waitJetStream(30 * time.Second)
-}
-
 // NewCluster starts a three-node cluster for a test.
 func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
-	c, err := StartCluster(3, t.TempDir())
+	c, err := natsembed.StartCluster(3, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Shutdown)
 	return c
-}
-
-func (c *Cluster) waitJetStream(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		for _, s := range c.Nodes {
-			if s.Running() && s.JetStreamIsLeader() {
-				return nil
-			}
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	return fmt.Errorf("no JetStream meta leader after %s", d)
-}
-
-// URLs returns a comma-separated client URL list of the running nodes.
-func (c *Cluster) URLs() string {
-	var urls []string
-	for _, s := range c.Nodes {
-		if s.Running() {
-			urls = append(urls, s.ClientURL())
-		}
-	}
-	return strings.Join(urls, ",")
-}
-
-// Kill shuts node i down (its data stays on disk).
-func (c *Cluster) Kill(i int) {
-	c.Nodes[i].Shutdown()
-	c.Nodes[i].WaitForShutdown()
-}
-
-// Restart starts node i again on the same ports and data.
-func (c *Cluster) Restart(i int) error {
-	s, err := run(c.opts[i].Clone())
-	if err != nil {
-		return err
-	}
-	c.Nodes[i] = s
-	return nil
-}
-
-// StreamLeader returns the index of the node leading stream in the global
-// account, or -1.
-func (c *Cluster) StreamLeader(stream string) int {
-	for i, s := range c.Nodes {
-		if s.Running() && s.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
-			return i
-		}
-	}
-	return -1
-}
-
-// Shutdown stops every node.
-func (c *Cluster) Shutdown() {
-	for _, s := range c.Nodes {
-		s.Shutdown()
-	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/natsembed"
 	"github.com/latchkey/latchkey/kit/tcpproxy"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -85,7 +86,7 @@ func StartPartitionable(t testing.TB, o PartitionOptions) *PartitionCluster {
 	}
 	dir := t.TempDir()
 	for i := range n {
-		so := serverOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i), SyncAlways: o.SyncAlways})
+		so := natsembed.ServerOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i), SyncAlways: o.SyncAlways})
 		so.Cluster = server.ClusterOpts{
 			Name:        "latchkey-partitionable",
 			Host:        "127.0.0.1",

@@ -1,18 +1,16 @@
-// Package suite starts latchkey's services in-process for end-to-end tests:
-// the same wiring as `latchkey dev`, against any NATS connection.
+// Package suite is the test side of the in-process suite
+// (github.com/latchkey/latchkey/suite): it starts the services on a test's
+// NATS connection, with a watch event connection of their own, and stops
+// them at the test's cleanup.
 package suite
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/latchkey/latchkey/services/locker"
-	"github.com/latchkey/latchkey/services/router"
-	"github.com/latchkey/latchkey/services/storage"
+	lksuite "github.com/latchkey/latchkey/suite"
 	"github.com/nats-io/nats.go"
 )
 
@@ -26,69 +24,45 @@ type Options struct {
 	EventConn *nats.Conn
 }
 
-// Suite is a running set of services.
+// Suite is a running set of services: Storage, Router and Locker.
 type Suite struct {
-	Storage *storage.Server
-	Router  *router.Server
-	Locker  *locker.Server
-	stops   []func(context.Context) error
+	*lksuite.Services
+	ownEvents *nats.Conn // the event connection Start made, if any
 }
 
 // ShardIDs returns "0".."n-1".
-func ShardIDs(n int) []string {
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = strconv.Itoa(i)
-	}
-	return ids
-}
+func ShardIDs(n int) []string { return lksuite.ShardIDs(n) }
 
 // Start starts one storage instance serving every shard, one router and
-// one locker.
+// one locker on nc.
 func Start(ctx context.Context, nc *nats.Conn, o Options) (*Suite, error) {
-	if o.Shards == 0 {
-		o.Shards = 3
-	}
-	if o.Replicas == 0 {
-		o.Replicas = 1
-	}
-	log := slog.New(slog.NewTextHandler(discard{}, nil))
 	s := &Suite{}
-	if o.EventConn == nil {
-		ev, err := nats.Connect(nc.ConnectedUrl(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	ev := o.EventConn
+	if ev == nil {
+		var err error
+		ev, err = nats.Connect(nc.ConnectedUrl(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 		if err != nil {
 			return nil, fmt.Errorf("event connection: %w", err)
 		}
-		s.stops = append(s.stops, func(context.Context) error { ev.Close(); return nil })
-		o.EventConn = ev
+		s.ownEvents = ev
 	}
-	st, err := storage.Start(ctx, nc, storage.Config{Prefix: o.Prefix, Shards: ShardIDs(o.Shards), Replicas: o.Replicas, EventConn: o.EventConn, Logger: log})
+	svcs, err := lksuite.StartServices(ctx, nc, ev, lksuite.Options{Prefix: o.Prefix, Shards: o.Shards, Replicas: o.Replicas})
 	if err != nil {
-		return nil, fmt.Errorf("storage: %w", err)
+		if s.ownEvents != nil {
+			s.ownEvents.Close()
+		}
+		return nil, err
 	}
-	s.Storage = st
-	s.stops = append(s.stops, st.Stop)
-	rt, err := router.Start(ctx, nc, router.Config{Prefix: o.Prefix, Shards: o.Shards, Replicas: o.Replicas, Logger: log})
-	if err != nil {
-		s.Stop(ctx)
-		return nil, fmt.Errorf("router: %w", err)
-	}
-	s.Router = rt
-	s.stops = append(s.stops, rt.Stop)
-	lk, err := locker.Start(ctx, nc, locker.Config{Prefix: o.Prefix, Replicas: o.Replicas, Logger: log})
-	if err != nil {
-		s.Stop(ctx)
-		return nil, fmt.Errorf("locker: %w", err)
-	}
-	s.Locker = lk
-	s.stops = append(s.stops, lk.Stop)
+	s.Services = svcs
 	return s, nil
 }
 
-// Stop stops the services in reverse start order.
+// Stop stops the services in reverse start order, then the event
+// connection Start made.
 func (s *Suite) Stop(ctx context.Context) {
-	for i := len(s.stops) - 1; i >= 0; i-- {
-		_ = s.stops[i](ctx)
+	_ = s.Services.Stop(ctx)
+	if s.ownEvents != nil {
+		s.ownEvents.Close()
 	}
 }
 
@@ -108,7 +82,3 @@ func New(t testing.TB, nc *nats.Conn, o Options) *Suite {
 	})
 	return s
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
