@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 )
 
 // DurabilityEtcd is etcd's only mode: the WAL is fsynced before a write is
@@ -36,11 +38,11 @@ func StartEtcd(ctx context.Context, dir string, conns int) (*Etcd, error) {
 	cfg.LogLevel = "error"
 	// etcd logs its own shutdown as errors; the benchmark reports failures itself.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cport, err := freePort()
+	cport, err := tcpproxy.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	pport, err := freePort()
+	pport, err := tcpproxy.FreePort()
 	if err != nil {
 		return nil, err
 	}

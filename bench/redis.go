@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -65,7 +66,7 @@ func StartRedis(ctx context.Context, dir, appendfsync string, poolSize int) (*Re
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := tcpproxy.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -97,15 +98,6 @@ func StartRedis(ctx context.Context, dir, appendfsync string, poolSize int) (*Re
 			return nil, fmt.Errorf("redis-server did not answer PING in 10s: %w", err)
 		}
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Name implements System.

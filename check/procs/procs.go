@@ -157,7 +157,7 @@ func Start(ctx context.Context, o Options) (_ *Deployment, err error) {
 	clientPort := &d.clientPort
 	for i := range nodes {
 		for _, p := range []*int{&clientPort[i], &clusterPort[i], &d.http[i]} {
-			if *p, err = freePort(); err != nil {
+			if *p, err = tcpproxy.FreePort(); err != nil {
 				return nil, err
 			}
 		}

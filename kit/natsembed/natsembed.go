@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
@@ -85,7 +86,7 @@ type Cluster struct {
 func StartCluster(n int, dir string) (*Cluster, error) {
 	ports := make([]int, n)
 	for i := range ports {
-		p, err := freePort()
+		p, err := tcpproxy.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -179,13 +180,4 @@ func (c *Cluster) Shutdown() {
 	for _, s := range c.Nodes {
 		s.Shutdown()
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

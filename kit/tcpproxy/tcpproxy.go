@@ -161,3 +161,15 @@ func Sink(l net.Listener) {
 		conn.Close()
 	}
 }
+
+// FreePort returns a loopback port that is free right now. Servers that
+// must come back on the same port after a restart (clients and proxies
+// point at it) pick theirs here before they start.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
