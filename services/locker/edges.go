@@ -109,25 +109,27 @@ func (s *Server) confirmRenewal(ctx context.Context, name string, token, seq uin
 //
 // A confirmation refused although the key did not move means another
 // conditional write on the key is still in flight: nats-server refuses
-// conditional writes on a subject while one is pending. That is retried
-// after a short pause and, if it lasts, answered 503 (a leader without a
-// quorum leaves its pending write hanging), never 409.
+// conditional writes on a subject while one is pending. That is waited
+// out (jskv.WaitInFlight, as renewals do) and, if it lasts, answered 503
+// (a leader without a quorum leaves its pending write hanging), never
+// 409. A lock that keeps changing between read and confirmation is a 503
+// after confirmAttempts changes.
 func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) {
 	subject := s.subj + jskv.EncodeKey(name)
-	var last uint64
-	for attempt := range confirmAttempts {
+	refused, busy := uint64(0), 0
+	for changed := 0; changed < confirmAttempts; {
 		l, err := s.read(ctx, name)
 		if err != nil {
 			return lease{}, err
 		}
-		if attempt > 0 && l.seq == last {
-			select {
-			case <-ctx.Done():
-				return lease{}, apierr.Errorf(apierr.ReasonNoQuorum, "lock %q: the read could not be confirmed by a quorum in time; retry", name)
-			case <-time.After(time.Duration(attempt) * 5 * time.Millisecond):
+		if refused != 0 && l.seq+1 == refused {
+			busy++
+			if err := jskv.WaitInFlight(ctx, "lock "+name, busy); err != nil {
+				return lease{}, err
 			}
+		} else if refused != 0 {
+			changed++
 		}
-		last = l.seq
 		cctx, span := telemetry.StartJetStream(ctx, telemetry.JSPublish, s.stream)
 		_, err = jskv.ConfirmLast(cctx, s.js, s.barrier, subject, l.seq)
 		telemetry.End(span, 0, err)
@@ -137,7 +139,8 @@ func (s *Server) confirmedRead(ctx context.Context, name string) (lease, error) 
 		if !errors.Is(err, jskv.ErrWrongLastSequence) {
 			return lease{}, err
 		}
+		refused = l.seq + 1 // +1: a lock may be confirmed at sequence 0 too
 	}
-	return lease{}, apierr.Errorf(apierr.ReasonNoQuorum,
-		"lock %q: %d reads in a row could not be confirmed by a quorum (the lock kept changing, or its stream leader is cut off); retry", name, confirmAttempts)
+	return lease{}, apierr.Errorf(apierr.ReasonContention,
+		"lock %q changed %d times between a read and its quorum confirmation; retry", name, confirmAttempts)
 }

@@ -481,6 +481,12 @@ func TestRenewWhileLockGetPolled(t *testing.T) {
 				polled++
 				if err != nil {
 					refused++
+					var e *apierr.Error
+					if !errors.As(err, &e) || e.Code() != 503 {
+						t.Errorf("lock.get while renewed: %v; want an answer or a 503", err)
+					} else if refused <= 3 {
+						t.Logf("lock.get refused: %s: %v", e.Reason, err)
+					}
 				}
 				mu.Unlock()
 			}
