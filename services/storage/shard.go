@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -435,6 +436,7 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 			return base{}, nil
 		case err == nil:
 			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences), writeID: m.Header.Get(hdrWriteID)}
+			b.after = m.Header.Get(hdrExpectSubj)
 			b.marker = isServerMarker(m.Header)
 			if b.movedTo = movedTo(m.Header); b.movedTo != "" {
 				b.moved, b.live, b.value = true, false, nil
@@ -531,6 +533,17 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 		return nil
 	}
 	busy := 0 // refusals waited out by jskv.WaitInFlight
+	// unsure: an attempt conditioned on unsureBase was refused in a way
+	// that does not rule out that it was stored. At a partition heal the
+	// deposed leader, still believing it leads, can answer a publish
+	// "wrong last sequence" (10164 at once, for a subject it had in
+	// flight; or 10071 with its stale last sequence) while the real
+	// leader stores it (TestReproAmbiguousPublishAtHeal). When the key
+	// has moved on by the re-read, the write id cannot tell whether this
+	// write was among the messages in between; retrying would apply a
+	// put twice and refusing a CAS would deny a write that happened, so
+	// unless the key's message proves otherwise the answer is a 503.
+	unsure, unsureBase := false, uint64(0)
 	for attempt := 0; attempt < maxWriteAttempts; attempt++ {
 		if sh.guarded(cur) {
 			// The server may expire cur under a write conditioned on it
@@ -633,6 +646,9 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			return writeResult{}, unavailable(sh.id, "write", err)
 		}
 		tried, was := cur.seq, cur.live
+		if isWrongLastSequence(err) && !unsure && !refusedPast(err, tried) {
+			unsure, unsureBase = true, tried
+		}
 		if err := refresh(); err != nil {
 			return writeResult{}, err
 		}
@@ -651,6 +667,17 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			return writeResult{seq: cur.seq, rev: cur.rev, wrote: true, was: was}, nil
 		}
 		sh.view.remember(w.key, cur)
+		if unsure && cur.seq != unsureBase {
+			// The key moved on, and not to this write. Had this write been
+			// stored on unsureBase, it would have been the key's next message
+			// and has been replaced since; a message written on unsureBase
+			// itself proves it was not (nor can it be any more).
+			if cur.after != strconv.FormatUint(unsureBase, 10) {
+				return writeResult{}, apierr.Unavailable(apierr.ReasonJetStreamWrite,
+					"shard %s: the write's outcome is unknown: JetStream refused it in a way that does not rule out that it was stored, and the key has changed since; read the key to find out", sh.id)
+			}
+			unsure = false
+		}
 		if isWrongLastSequence(err) && authoritative && cur.seq == tried {
 			// Refused although the key had not moved: another write on it
 			// (another instance's, or a read's confirmation) was in flight.
@@ -710,6 +737,25 @@ func isWrongLastSequence(err error) bool {
 			ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 	}
 	return false
+}
+
+// refusedPast says whether err is a 10071 naming a last sequence of the
+// subject above tried: the server that refused knew a committed message of
+// the key newer than the write's base, so every leader refuses the write
+// too, whichever server answered. A 10164 (another write of the subject in
+// flight on the answering server) or a 10071 naming a sequence at or below
+// tried may come from a deposed leader and says nothing of the real one.
+func refusedPast(err error, tried uint64) bool {
+	var ae *jetstream.APIError
+	if !errors.As(err, &ae) || ae.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+		return false
+	}
+	i := strings.LastIndexByte(ae.Description, ':')
+	if i < 0 {
+		return false
+	}
+	last, perr := strconv.ParseUint(strings.TrimSpace(ae.Description[i+1:]), 10, 64)
+	return perr == nil && last > tried
 }
 
 // isNotReady reports JetStream's "expected last sequence per subject

@@ -58,9 +58,13 @@ type base struct {
 	movedTo string // the shard it names; from leader reads only
 	exp     int64  // unix nanos, server clock; 0 = never expires
 	writeID string // Latchkey-Write-Id of the message, from leader reads only
-	live    bool
-	fences  string
-	value   []byte
+	// after is the message's Nats-Expected-Last-Subject-Sequence (leader
+	// reads only): the key's message it was written on, "" for messages
+	// written unconditioned (the server's markers).
+	after  string
+	live   bool
+	fences string
+	value  []byte
 }
 
 // maxPending bounds the write-base overlay if the view stops advancing.
