@@ -11,6 +11,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/latchkey/latchkey/check/kvmodel"
+	"github.com/latchkey/latchkey/kit/apierr"
 )
 
 // Checks, as named in violations.
@@ -183,7 +184,7 @@ func (r *run) scanRange(op Op) []string {
 // that reason (the router turns a shard's "no responders" into
 // shard_unavailable), so the reason names the client's transport error.
 func undelivered(op Op) bool {
-	return op.Outcome == Unknown && op.Reason == "no_responders"
+	return op.Outcome == Unknown && op.Reason == string(apierr.ReasonNoResponders)
 }
 
 // observedValues is every value some read returned: gets of every kind and

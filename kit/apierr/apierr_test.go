@@ -15,7 +15,7 @@ import (
 func TestRoundTripThroughCodes(t *testing.T) {
 	for _, kind := range []error{apierr.ErrInvalid, apierr.ErrNotFound, apierr.ErrConflict,
 		apierr.ErrTooLarge, apierr.ErrUnavailable, apierr.ErrInternal} {
-		e := apierr.New(kind, "r", "m")
+		e := apierr.New(kind, apierr.ReasonUnspecified, "m")
 		back := apierr.FromHeaders(fmt.Sprint(e.Code()), e.Message, e.Reason)
 		if !errors.Is(back, kind) {
 			t.Errorf("%v: code %d came back as %v", kind, e.Code(), back.Kind)

@@ -1,6 +1,7 @@
 package router_test
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -132,7 +133,7 @@ func TestRouting(t *testing.T) {
 	}
 
 	err := e.call(t, subjects.KVPut, &pb.PutRequest{Key: "conflict"}, &pb.PutResponse{})
-	if err == nil || err.Code() != 409 || err.Reason != "revision_mismatch" || err.Message != "key conflict is at revision 9, not 3" {
+	if err == nil || err.Code() != 409 || !errors.Is(err, apierr.ReasonRevisionMismatch) || err.Message != "key conflict is at revision 9, not 3" {
 		t.Errorf("shard's 409 came back as %#v", err)
 	}
 
