@@ -116,3 +116,18 @@ func mix64(x uint64) uint64 {
 	x ^= x >> 31
 	return x
 }
+
+// Buckets is the number of hash buckets; moves hand over whole buckets.
+const Buckets = 1 << bucketBits
+
+// Bucket returns the bucket of key.
+func Bucket(key string) int { return int(xxhash.Sum64String(key) >> (64 - bucketBits)) }
+
+// Owner returns the shard owning bucket b (0 <= b < Buckets), or "" when
+// the map has no shards.
+func (m *Map) Owner(b int) string {
+	if len(m.shards) == 0 {
+		return ""
+	}
+	return m.shards[m.table[b]]
+}

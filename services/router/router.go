@@ -27,6 +27,7 @@ import (
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
@@ -46,6 +47,10 @@ type Config struct {
 	Replicas      int    // JetStream replicas for the meta bucket; 0 = 1
 	MaxValueBytes int    // 0 = limits.DefaultMaxValue
 	Logger        *slog.Logger
+	// NoMover keeps this router from driving moves of the shard set (it
+	// still routes through them). Every router drives by default, one at
+	// a time under a lease, so a move outlives the router driving it.
+	NoMover bool
 }
 
 // Server is a running router instance.
@@ -55,6 +60,7 @@ type Server struct {
 	max   int
 	log   *slog.Logger
 	kv    jetstream.KeyValue
+	js    jetstream.JetStream
 	route atomic.Pointer[routing]
 	svc   *service.Service
 	stop  context.CancelFunc
@@ -84,6 +90,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.js = js
 	if s.kv, err = openMeta(ctx, js, s.subj.MetaBucket(), cfg.Replicas, s.log); err != nil {
 		return nil, err
 	}
@@ -95,7 +102,16 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
-	go func() { defer close(s.done); s.watchMap(wctx) }()
+	mv := newMover(s, js)
+	go func() {
+		defer close(s.done)
+		var wg sync.WaitGroup
+		if !cfg.NoMover {
+			wg.Go(func() { mv.run(wctx) })
+		}
+		s.watchMap(wctx)
+		wg.Wait()
+	}()
 
 	ep := func(name, public string, f service.Func) service.Endpoint {
 		return service.Endpoint{Name: name, Subject: s.subj.Public(public), Func: f}
@@ -106,12 +122,12 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		Description: "latchkey key-value router: checks requests and forwards them to their shard",
 		Metadata:    map[string]string{"prefix": s.subj.Prefix},
 		Logger:      s.log,
-	}, append([]service.Endpoint{
+	}, append(append([]service.Endpoint{
 		ep("get", subjects.KVGet, s.get),
 		ep("put", subjects.KVPut, s.put),
 		ep("delete", subjects.KVDelete, s.delete),
 		ep("scan", subjects.KVScan, s.scan),
-	}, s.watchEndpoints()...)...)
+	}, s.watchEndpoints()...), s.adminEndpoints()...)...)
 	if err != nil {
 		cancel()
 		<-s.done
@@ -171,13 +187,14 @@ func decodeCheck(r *service.Request, m proto.Message, maxValue int) error {
 // Shard errors come back unchanged; transport failures become 503s that
 // name the shard.
 func (s *Server) forward(ctx context.Context, key, op string, in, out proto.Message) (proto.Message, error) {
-	id := s.route.Load().hash.Get(key)
+	r := s.route.Load()
+	id := r.hash.Get(key)
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(telemetry.AttrShard.String(id), telemetry.AttrKeyLength.Int(len(key)))
 	if f := fenceOf(in); f != nil {
 		span.SetAttributes(telemetry.AttrFenced.Bool(true), telemetry.AttrLockName.String(f.Lock), telemetry.AttrLockToken.Int64(int64(f.Token)))
 	}
-	if err := s.call(ctx, id, op, in, out); err != nil {
+	if err := s.callMoving(ctx, r, key, id, op, in, out); err != nil {
 		return nil, err
 	}
 	if rv, ok := out.(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
@@ -199,7 +216,7 @@ func fenceOf(m proto.Message) *pb.Fence {
 // call is one request to one shard. It leaves a little of the caller's
 // deadline so that a slow shard is reported as a 503 the caller still
 // waits for, rather than as the caller's own timeout.
-func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message) error {
+func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message, hdr nats.Header) error {
 	if dl, ok := ctx.Deadline(); ok {
 		margin := min(time.Until(dl)/20, 100*time.Millisecond)
 		var cancel context.CancelFunc
@@ -212,6 +229,9 @@ func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message)
 		return apierr.New(apierr.ErrInternal, "encode", "cannot encode the shard request: %v", err)
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	for k, v := range hdr {
+		msg.Header[k] = v
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		msg.Header.Set(service.HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
 	}
@@ -256,7 +276,13 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 	}
 	limit, _ := limits.ScanLimit(in.Limit)
 	in.Limit = uint32(limit)
-	shards := s.route.Load().hash.Shards()
+	route := s.route.Load()
+	if route.moving {
+		// A key between its old and its new shard is on neither for a
+		// publish round trip; a page merged across both could miss it.
+		return nil, apierr.Unavailable(apierr.ReasonHandover, "scans wait while the shard set changes (epoch %d); retry", route.epoch)
+	}
+	shards := route.hash.Shards()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -269,7 +295,7 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 	for i, id := range shards {
 		pages[i] = &pb.ScanResponse{}
 		wg.Go(func() {
-			err := s.call(ctx, id, "scan", in, pages[i])
+			err := s.call(ctx, id, "scan", in, pages[i], s.epochHeader(nil))
 			if err == nil && pages[i].More && len(pages[i].Items) == 0 {
 				err = apierr.New(apierr.ErrInternal, "bad_shard_page", "shard %s answered a scan with more=true and no items", id)
 			}
@@ -335,3 +361,72 @@ func merge(pages []*pb.ScanResponse, limit, budget int, size func(*pb.Item) int)
 // values as base64 and may escape every key byte.
 func protoSize(it *pb.Item) int { return len(it.Key) + len(it.Value) + 24 }
 func jsonSize(it *pb.Item) int  { return 6*len(it.Key) + (len(it.Value)+2)/3*4 + 64 }
+
+// epochHeader returns hdr (a new one when nil) carrying this router's
+// map epoch (storage.HeaderEpoch).
+func (s *Server) epochHeader(hdr nats.Header) nats.Header {
+	if hdr == nil {
+		hdr = nats.Header{}
+	}
+	hdr.Set(storage.HeaderEpoch, strconv.FormatUint(s.route.Load().epoch, 10))
+	return hdr
+}
+
+// callMoving is call for a key's request, following the key across a move
+// of the shard set: a shard that answers moved handed the key to its owner
+// in the move's target set, which is asked next with storage.HeaderHandover
+// (it answers 503 handover while the copy has not landed); a moved answer
+// with no target in sight re-reads the map. It retries within the caller's
+// deadline and returns the last error when that runs out.
+func (s *Server) callMoving(ctx context.Context, r *routing, key, id, op string, in, out proto.Message) error {
+	handover := false
+	for attempt := 0; ; attempt++ {
+		hdr := s.epochHeader(nil)
+		if handover {
+			hdr.Set(storage.HeaderHandover, "1")
+		}
+		err := s.call(ctx, id, op, in, out, hdr)
+		if err == nil {
+			return nil
+		}
+		switch {
+		case errors.Is(err, apierr.ReasonMoved):
+			next := ""
+			if r.target != nil {
+				next = r.target.Get(key)
+			}
+			if next == "" || next == id {
+				// The map may have flipped (or the move was replaced)
+				// since this routing was taken: read it again.
+				s.refresh(ctx)
+				r = s.route.Load()
+				next = r.hash.Get(key)
+				if next == id && r.target != nil {
+					next = r.target.Get(key)
+				}
+				if next == id {
+					return err
+				}
+			}
+			id, handover = next, true
+		case errors.Is(err, apierr.ReasonHandover):
+			// The copy is on its way (one publish): wait a little.
+			wait := min(time.Duration(1<<min(attempt, 6))*time.Millisecond, 50*time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(wait):
+			}
+			if cur := s.route.Load(); cur != r && !cur.moving && cur.target == nil {
+				// Flipped meanwhile: the new owner now serves absent keys.
+				r, id, handover = cur, cur.hash.Get(key), false
+			}
+		default:
+			return err
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 10*time.Millisecond {
+			return err
+		}
+		proto.Reset(out)
+	}
+}

@@ -36,15 +36,32 @@ var (
 type migrationError struct{ have, want int }
 
 func (e *migrationError) Error() string {
-	return fmt.Sprintf("the deployment has %d shards holding data; changing to %d needs key migration, which latchkey does not support yet", e.have, e.want)
+	return fmt.Sprintf("the deployment has %d shards holding data; changing to %d moves keys: use `latchkey shards set` (latchkey.admin.shards.set), which moves them online", e.have, e.want)
 }
 
 func (e *migrationError) Is(target error) bool { return target == ErrMigrationNeeded }
 
-// routing is one epoch of the shard map, swapped atomically as a whole.
+// routing is one version of the shard map, swapped atomically as a whole.
 type routing struct {
 	epoch uint64
 	hash  *consistenthash.Map
+	// target is the set of the running or the last unfinished move: where
+	// a key goes when its shard answers moved. nil when none.
+	target *consistenthash.Map
+	moving bool // a move is running (COPYING or HANDOVER)
+	// seen identifies the record version (epoch and move) this routing
+	// was built from, so a change of the move alone replaces it.
+	seen string
+}
+
+func routingOf(m *pb.ShardMap) *routing {
+	r := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards), seen: fmt.Sprint(m.Epoch)}
+	if mo := m.Move; mo != nil && mo.State != pb.MoveState_MOVE_STATE_DONE && len(mo.ToShards) > 0 {
+		r.target = consistenthash.New(mo.ToShards)
+		r.moving = running(mo)
+		r.seen = fmt.Sprint(m.Epoch, mo.ToShards, mo.State)
+	}
+	return r
 }
 
 // openMeta opens the meta bucket, creating it when absent and retrying
@@ -242,16 +259,20 @@ func (s *Server) refresh(ctx context.Context) {
 	}
 }
 
-// apply installs m if it is newer than the current routing.
+// apply installs m if it is newer than the current routing: a higher
+// epoch, or the same epoch with a different move.
 func (s *Server) apply(m *pb.ShardMap) {
 	for {
 		cur := s.route.Load()
-		if cur != nil && m.Epoch <= cur.epoch {
+		if cur != nil && m.Epoch < cur.epoch {
 			return
 		}
-		next := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards)}
+		next := routingOf(m)
+		if cur != nil && m.Epoch == cur.epoch && next.seen == cur.seen {
+			return
+		}
 		if s.route.CompareAndSwap(cur, next) {
-			s.log.Info("shard map in use", "epoch", m.Epoch, "shards", len(m.Shards))
+			s.log.Info("shard map in use", "epoch", m.Epoch, "shards", len(m.Shards), "moving", next.moving)
 			return
 		}
 	}

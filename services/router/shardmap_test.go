@@ -124,7 +124,7 @@ func TestShardMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = tryStart(t, url, 5)
-	const want = "the deployment has 4 shards holding data; changing to 5 needs key migration, which latchkey does not support yet"
+	const want = "the deployment has 4 shards holding data; changing to 5 moves keys: use `latchkey shards set` (latchkey.admin.shards.set), which moves them online"
 	if !errors.Is(err, router.ErrMigrationNeeded) || err.Error() != want {
 		t.Fatalf("changing a set with data: %v, want %q", err, want)
 	}

@@ -95,7 +95,7 @@ func (s *Server) watch(ctx context.Context, r *service.Request) (proto.Message, 
 			Initial: in.Initial, Deliver: in.Deliver, Json: r.JSON, CatchUpDone: in.CatchUpDone}
 		wg.Go(func() {
 			resp := &pb.ShardWatchResponse{}
-			err := s.call(ctx, sid, watchspec.OpWatch, req, resp)
+			err := s.call(ctx, sid, watchspec.OpWatch, req, resp, nil)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {

@@ -113,10 +113,15 @@ func (sh *shard) verdict(key string, b base, handover bool) error {
 	if b.moved {
 		return sh.errMoved(key, b.movedTo)
 	}
-	if o := sh.view.owner(); !o.owns(sh.id, key) && (b.seq == 0 || b.seq > o.seq) {
+	o := sh.view.owner()
+	if !o.owns(sh.id, key) && (b.seq == 0 || b.seq > o.seq) {
 		return sh.errMoved(key, "")
 	}
-	if handover && b.seq == 0 {
+	// A hand-over request is answered only from the copy or what was
+	// written on it: both come after the ownership record the mover wrote
+	// here before copying. Anything older (no message, or a tombstone the
+	// mover left of an earlier epoch) may be a copy still on its way.
+	if handover && (b.seq == 0 || (o != nil && b.seq < o.seq)) {
 		return sh.errHandover()
 	}
 	return nil
@@ -151,3 +156,15 @@ func (sh *shard) postCheck(ctx context.Context, key string, seq uint64) error {
 }
 
 func formatUint(v uint64) string { return strconv.FormatUint(v, 10) }
+
+// MessageRevision is the revision of a stored shard message at seq with
+// headers h, given the shard's floor (revision.go); the mover copies it.
+func MessageRevision(seq uint64, h nats.Header, floor uint64) uint64 {
+	return readRevInfo(h).revision(seq, isServerMarker(h), floor)
+}
+
+// MovedTo returns the shard a moved marker names, "" for other messages.
+func MovedTo(h nats.Header) string { return movedTo(h) }
+
+// ParseFloor reads a floor record's body.
+func ParseFloor(data []byte) (uint64, bool) { return parseFloor(data) }

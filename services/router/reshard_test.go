@@ -1,0 +1,261 @@
+package router_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/consistenthash"
+	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/natstest"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
+	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
+	"github.com/latchkey/latchkey/services/router"
+	"github.com/latchkey/latchkey/services/storage"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+)
+
+// reshardEnv is one NATS server, storage for shards 0-3 and a router
+// whose map starts at shards 0-2.
+type reshardEnv struct {
+	t   *testing.T
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	set subjects.Set
+}
+
+func newReshardEnv(t *testing.T) *reshardEnv {
+	s := natstest.Server(t)
+	e := &reshardEnv{t: t, nc: natstest.Connect(t, s.ClientURL()), set: subjects.New("")}
+	var err error
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Fence tokens must have been issued: give the lock bucket 50 sequences.
+	locks, err := e.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: e.set.LockBucket()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := locks.Put(ctx, "l"+strconv.Itoa(i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3"}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Stop(context.Background()) })
+	r, err := router.Start(ctx, natstest.Connect(t, s.ClientURL()), router.Config{Shards: 3, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Stop(context.Background()) })
+	return e
+}
+
+func (e *reshardEnv) call(endpoint string, req, resp proto.Message) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return service.Call(ctx, e.nc, e.set.Public(endpoint), nil, req, resp)
+}
+
+func (e *reshardEnv) mustGet(key string) *pb.GetResponse {
+	e.t.Helper()
+	resp := &pb.GetResponse{}
+	if err := e.call("kv.get", &pb.GetRequest{Key: key}, resp); err != nil {
+		e.t.Fatalf("get %q: %v", key, err)
+	}
+	return resp
+}
+
+// move sets the shard set to shards and waits until the move is done.
+func (e *reshardEnv) move(shards ...string) {
+	e.t.Helper()
+	cur := &pb.ShardsGetResponse{}
+	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
+		e.t.Fatal(err)
+	}
+	set := &pb.ShardsSetResponse{}
+	if err := e.call(router.AdminShardsSet, &pb.ShardsSetRequest{Shards: shards, ExpectedEpoch: cur.Epoch}, set); err != nil {
+		e.t.Fatalf("set %v: %v", shards, err)
+	}
+	// A second move while one runs, or a stale epoch, is a 409.
+	err := e.call(router.AdminShardsSet, &pb.ShardsSetRequest{Shards: []string{"0"}, ExpectedEpoch: cur.Epoch}, &pb.ShardsSetResponse{})
+	if !errors.Is(err, apierr.ReasonMoveRunning) && !errors.Is(err, apierr.ReasonEpochMismatch) {
+		e.t.Fatalf("a second set during a move: %v, want 409 move_running or epoch_mismatch", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := &pb.ShardsGetResponse{}
+		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
+			e.t.Fatal(err)
+		}
+		if got.Epoch == set.Epoch && got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE {
+			return
+		}
+		if s := got.Move.GetState(); s == pb.MoveState_MOVE_STATE_FAILED || s == pb.MoveState_MOVE_STATE_ABORTED {
+			e.t.Fatalf("move ended %v: %s", s, got.Move.Reason)
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("move to %v not done in time: %v", shards, got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 3 shards while
+// CAS writers increment counters, then checks: every acknowledged
+// increment is there exactly once (a counter equals its successful CASes),
+// revisions of a key never went down, values, fences of written and of
+// deleted keys, and the remaining TTL travelled with their keys. About 10 s.
+func TestReshardKeepsEveryKey(t *testing.T) {
+	e := newReshardEnv(t)
+	const keys, counters = 400, 16
+	for i := range keys {
+		if err := e.call("kv.put", &pb.PutRequest{Key: fmt.Sprintf("k%d", i), Value: []byte(fmt.Sprint("v", i))}, &pb.PutResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		f := &pb.Fence{Lock: "L", Token: 40}
+		if err := e.call("kv.put", &pb.PutRequest{Key: fmt.Sprintf("f%d", i), Value: []byte("fenced"), Fence: f}, &pb.PutResponse{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.call("kv.delete", &pb.DeleteRequest{Key: fmt.Sprintf("d%d", i), Fence: f}, &pb.DeleteResponse{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.call("kv.put", &pb.PutRequest{Key: fmt.Sprintf("t%d", i), Value: []byte("ttl"), TtlMs: 120_000}, &pb.PutResponse{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	written := time.Now()
+
+	var (
+		stop    atomic.Bool
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		acked   = map[string]int{}
+		lastRev = map[string]uint64{}
+		hist    = map[string][]string{}
+		fail    error
+	)
+	for w := range 4 {
+		wg.Go(func() {
+			for n := 0; !stop.Load(); n++ {
+				key := fmt.Sprintf("c%d", (n*7+w)%counters)
+				mu.Lock()
+				before := lastRev[key] // acknowledged before this get began
+				mu.Unlock()
+				g := &pb.GetResponse{}
+				if err := e.call("kv.get", &pb.GetRequest{Key: key}, g); err != nil {
+					continue // a 503 during a hand-over: retry
+				}
+				mu.Lock()
+				hist[key] = append(hist[key], fmt.Sprintf("%s w%d get rev %d val %s", time.Now().Format("05.000000"), w, g.Revision, g.Value))
+				if g.Revision < before {
+					fail = fmt.Errorf("%s: read revision %d after %d was acknowledged", key, g.Revision, before)
+				}
+				lastRev[key] = max(lastRev[key], g.Revision)
+				mu.Unlock()
+				v, _ := strconv.Atoi(string(g.Value))
+				exp := g.Revision
+				p := &pb.PutResponse{}
+				err := e.call("kv.put", &pb.PutRequest{Key: key, Value: []byte(strconv.Itoa(v + 1)), ExpectedRevision: &exp}, p)
+				mu.Lock()
+				hist[key] = append(hist[key], fmt.Sprintf("%s w%d put exp %d -> rev %d err %v", time.Now().Format("05.000000"), w, exp, p.Revision, err))
+				mu.Unlock()
+				if err == nil {
+					mu.Lock()
+					acked[key]++
+					if p.Revision <= exp {
+						fail = fmt.Errorf("%s: a write on revision %d got revision %d", key, exp, p.Revision)
+					}
+					lastRev[key] = max(lastRev[key], p.Revision)
+					mu.Unlock()
+				} else if !errors.Is(err, apierr.ReasonRevisionMismatch) && !errors.Is(err, apierr.ErrUnavailable) {
+					mu.Lock()
+					fail = fmt.Errorf("%s: put: %v", key, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	e.move("0", "1", "2", "3")
+	time.Sleep(200 * time.Millisecond)
+	e.move("0", "1", "2")
+	time.Sleep(200 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	if fail != nil {
+		var k string
+		fmt.Sscanf(fail.Error(), "%s", &k)
+		for _, h := range hist[k[:len(k)-1]] {
+			t.Log(h)
+		}
+		t.Fatal(fail)
+	}
+
+	// Ambiguous 503s (a put that timed out may have landed) are counted as
+	// not acknowledged, so a counter may exceed its acks only by those;
+	// the writers here never time out on a healthy server.
+	for key, n := range acked {
+		g := e.mustGet(key)
+		if v, _ := strconv.Atoi(string(g.Value)); v != n {
+			t.Errorf("%s: value %d after %d acknowledged increments", key, v, n)
+		}
+	}
+	for i := range keys {
+		key := fmt.Sprintf("k%d", i)
+		if g := e.mustGet(key); !g.Found || string(g.Value) != fmt.Sprint("v", i) {
+			t.Fatalf("%s after the moves: %v", key, g)
+		}
+	}
+	old := &pb.Fence{Lock: "L", Token: 39}
+	for i := range 20 {
+		for _, key := range []string{fmt.Sprintf("f%d", i), fmt.Sprintf("d%d", i)} {
+			err := e.call("kv.put", &pb.PutRequest{Key: key, Value: []byte("late"), Fence: old}, &pb.PutResponse{})
+			if !errors.Is(err, apierr.ReasonStaleFence) {
+				t.Fatalf("an older fence on %s after the moves: %v, want 409 stale_fence", key, err)
+			}
+		}
+		key := fmt.Sprintf("t%d", i)
+		if g := e.mustGet(key); !g.Found {
+			t.Fatalf("TTL key %s lost", key)
+		}
+		// The TTL was not reset: the key's message expires no later than
+		// 120 s after the original write (plus the rounding up to seconds).
+		shard := ownerOf(e, key)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m, found, err := jskv.LeaderGet(ctx, e.nc, "KV_"+e.set.ShardBucket(shard), "$KV."+e.set.ShardBucket(shard)+"."+jskv.EncodeKey(key))
+		cancel()
+		if err != nil || !found {
+			t.Fatalf("TTL key %s on shard %s: %v %v", key, shard, found, err)
+		}
+		if at, ok := jskv.Expiry(m.Time, m.Header); !ok || at.After(written.Add(122*time.Second)) {
+			t.Fatalf("TTL key %s expires at %v (ok %v): reset by the move (written %v)", key, at, ok, written)
+		}
+	}
+}
+
+func ownerOf(e *reshardEnv, key string) string {
+	cur := &pb.ShardsGetResponse{}
+	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
+		e.t.Fatal(err)
+	}
+	return routerHash(cur.Shards, key)
+}
+
+func routerHash(shards []string, key string) string { return consistenthash.New(shards).Get(key) }
