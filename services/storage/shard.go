@@ -704,7 +704,7 @@ func (sh *shard) offsetFor(ctx context.Context, cur base) (uint64, error) {
 		err := sh.view.wait(wctx, cur.seq)
 		cancel()
 		if err != nil {
-			return 0, apierr.Unavailable("view_behind", "shard %s: the view did not reach the key's expiry marker in time", sh.id)
+			return 0, apierr.Unavailable(apierr.ReasonViewBehind, "shard %s: the view did not reach the key's expiry marker in time", sh.id)
 		}
 		floor, _ = sh.view.floorAt()
 	}
