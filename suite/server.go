@@ -6,12 +6,16 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/latchkey/latchkey/kit/natsembed"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 )
+
+// stopTimeout bounds the clean-up of a start that failed.
+const stopTimeout = 15 * time.Second
 
 // ServerConfig configures StartServer.
 type ServerConfig struct {
@@ -49,7 +53,11 @@ func StartServer(ctx context.Context, cfg ServerConfig) (d *Deployment, err erro
 	d = &Deployment{opts: cfg.Options}
 	defer func() {
 		if err != nil {
-			d.Stop(ctx)
+			// ctx may be what failed the start: undo it on a fresh,
+			// bounded one.
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			defer cancel()
+			d.Stop(stopCtx)
 			d = nil
 		}
 	}()
