@@ -133,7 +133,11 @@ func StartServices(ctx context.Context, nc, events *nats.Conn, o Options) (*Serv
 	o = o.withDefaults()
 	s := &Services{log: o.Logger}
 	for _, kind := range Kinds {
-		o.Logger.Info("starting "+string(kind), "shards", o.Shards)
+		if kind == Storage {
+			o.Logger.Info("starting storage", "shards", o.Shards)
+		} else {
+			o.Logger.Info("starting " + string(kind))
+		}
 		in, err := StartInstance(ctx, kind, nc, events, o)
 		if err != nil {
 			s.Stop(ctx)
