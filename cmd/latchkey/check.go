@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/latchkey/latchkey/check"
+	"github.com/latchkey/latchkey/check/compose"
 	"github.com/latchkey/latchkey/check/inproc"
 	"github.com/latchkey/latchkey/check/powerloss"
 	"github.com/latchkey/latchkey/check/procs"
@@ -52,12 +53,13 @@ See docs/CORRECTNESS.md.`)
 	edgesFlag := fs.String("edges", "", "edge workloads, comma-separated: ttl, renew, fence-ttl, fences, or all")
 	edgeKeys := fs.Int("edge-keys", 24, "keys and locks each edge burst aims at at once")
 	faults := fs.String("faults", "", "processes: start nats-server, storage, router and locker as separate processes and inject SIGKILL, SIGSTOP and partition faults; in-process: as --in-process")
-	faultKinds := fs.String("fault-kinds", "", "with --faults processes: only these fault kinds, comma-separated ("+strings.Join(procs.AllFaultKinds, ", ")+")")
+	faultKinds := fs.String("fault-kinds", "", "with --faults processes or --compose: only these fault kinds, comma-separated (processes: "+strings.Join(procs.AllFaultKinds, ", ")+"; compose: "+strings.Join(compose.AllFaultKinds, ", ")+")")
 	syncAlways := fs.Bool("sync-always", false, "with --faults processes: sync_interval always on every server")
 	powerLoss := fs.Bool("power-loss", false, "with --faults processes: put each server's store on a FUSE mount that drops what was not fsynced, and add power-loss faults (needs /dev/fuse)")
 	workDir := fs.String("work-dir", "", "with --faults processes: keep data, configs and process logs in this directory (default: a temporary one, removed)")
 	watch := fs.Bool("watch", false, "also follow the namespace with a watch and check its events (per key in revision order, covering every acknowledged change)")
 	history := fs.String("history", "", "write every recorded operation to this file as JSON lines")
+	composeProject := fs.String("compose", "", "inject docker kill, pause and network disconnect faults into the containers of this Docker Compose project (deploy/compose); traffic goes to --server with the global credentials flags")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -78,6 +80,9 @@ See docs/CORRECTNESS.md.`)
 		Duration: *duration, Clients: *clients, Keys: *keys, Locks: *locks, Seed: *seed,
 		Namespace: *namespace, OpTimeout: *opTimeout, StaleBound: *staleBound,
 		PauseHolder: *pause, Progress: os.Stderr, OutDir: *out, HistoryFile: *history, Watch: *watch,
+	}
+	if *composeProject != "" && (*faults != "" || *inProcess) {
+		return usagef("--compose injects into a running deployment: not with --faults or --in-process")
 	}
 	switch *faults {
 	case "", "processes":
@@ -139,6 +144,20 @@ See docs/CORRECTNESS.md.`)
 			cfg.Injector, cfg.PauseHolder = d, true
 		}
 	} else {
+		if *composeProject != "" {
+			var kinds []string
+			if *faultKinds != "" {
+				kinds = strings.Split(*faultKinds, ",")
+			}
+			inj, err := compose.New(ctx, compose.Options{Project: *composeProject, Kinds: kinds, Log: os.Stderr})
+			if err != nil {
+				return usagef("--compose: %v", err)
+			}
+			defer inj.Close(context.Background())
+			if !*noFaults {
+				cfg.Injector, cfg.PauseHolder = inj, true
+			}
+		}
 		var conns []*nats.Conn
 		defer func() {
 			for _, nc := range conns {
@@ -146,8 +165,13 @@ See docs/CORRECTNESS.md.`)
 			}
 		}()
 		cfg.Connect = func(_ context.Context, i int) (*client.Client, error) {
-			nc, err := nats.Connect(global.server, nats.Name(fmt.Sprintf("latchkey-check-%d", i)),
-				nats.Timeout(global.timeout), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+			// Short pings: a client left on a frozen or cut-off server
+			// (--compose pauses and disconnects them) moves on in
+			// seconds, so the figures show the deployment, not the
+			// checker's own connections.
+			nc, err := nats.Connect(global.server, connectOptions(fmt.Sprintf("latchkey-check-%d", i),
+				nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+				nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))...)
 			if err != nil {
 				return nil, &unreachableError{server: global.server, err: err}
 			}

@@ -266,6 +266,7 @@ func TestComposeDeployment(t *testing.T) {
 	}
 	t.Run("watch through the client user", func(t *testing.T) { watch(ctx, t, c) })
 	t.Run("latchkey check at TTL instants and fence bounds", func(t *testing.T) { edgeCheck(ctx, t, s) })
+	t.Run("latchkey check with the compose injector", func(t *testing.T) { composeFaultCheck(ctx, t, s) })
 	if slices.Contains(profiles, "prometheus") {
 		t.Run("prometheus scrapes every service", func(t *testing.T) {
 			prometheusTargets(ctx, t, s.ports["LATCHKEY_PROMETHEUS_PORT"])
