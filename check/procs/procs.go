@@ -329,7 +329,10 @@ func (d *Deployment) URL() string { return d.proxyURLs() }
 // through the client proxies (so a partition cuts it too).
 func (d *Deployment) Connect(_ context.Context, i int) (*client.Client, error) {
 	nc, err := nats.Connect(d.proxyURLs(i%nodes), nats.Name(fmt.Sprintf("check-client-%d", i)), nats.DontRandomize(),
-		nats.IgnoreDiscoveredServers(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
+		nats.IgnoreDiscoveredServers(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true),
+		// A client on a SIGSTOPped server leaves it within about 3 s, as
+		// a careful user's would, so the figures show the deployment.
+		nats.PingInterval(time.Second), nats.MaxPingsOutstanding(2))
 	if err != nil {
 		return nil, err
 	}
