@@ -39,6 +39,8 @@ var commands = map[string]command{
 	"bench": {"bench", "measure throughput and latency next to the raw NATS floors (and etcd, Redis)", benchCmd},
 	// check.go; the engine is the check module.
 	"check": {"check", "drive traffic and check consistency and lock safety, optionally under faults", checkCmd},
+	// shards.go; the move runs in the routers.
+	"shards": {"shards", "show the shard set, or move the store to a new one online (set IDS --wait, abort)", shardsCmd},
 }
 
 func main() { os.Exit(run(os.Args[1:])) }
