@@ -36,9 +36,9 @@ import (
 const (
 	moverLeaseKey   = "mover"
 	moverLease      = 10 * time.Second
-	moverTick       = 500 * time.Millisecond
+	moverTick       = 250 * time.Millisecond
 	moverWorkers    = 16
-	progressEvery   = time.Second
+	progressEvery   = 250 * time.Millisecond
 	handoverRetries = 32
 	// ttlGuard: a value this close to its server-side expiry is left to
 	// expire before it is handed over: the server's expiry marker would
@@ -53,11 +53,12 @@ const (
 var errStopped = errors.New("the move was stopped")
 
 type mover struct {
-	s     *Server
-	js    jetstream.JetStream
-	id    string
-	log   *slog.Logger
-	moved atomic.Uint64
+	s        *Server
+	js       jetstream.JetStream
+	id       string
+	leaseFor time.Duration
+	log      *slog.Logger
+	moved    atomic.Uint64
 
 	mu     sync.Mutex
 	floors map[string]uint64 // shard -> floor this mover knows is in force
@@ -65,7 +66,7 @@ type mover struct {
 }
 
 func newMover(s *Server, js jetstream.JetStream) *mover {
-	return &mover{s: s, js: js, id: rand.Text()[:12], log: s.log.With("role", "mover")}
+	return &mover{s: s, js: js, id: rand.Text()[:12], leaseFor: moverLease, log: s.log.With("role", "mover")}
 }
 
 // run drives every move it finds in the map until ctx ends.
@@ -91,7 +92,7 @@ func (mv *mover) run(ctx context.Context) {
 			mv.log.Info("move done", "epoch", m.Epoch+1, "shards", m.Move.ToShards, "keys_moved", mv.moved.Load())
 		case errors.Is(err, errStopped) || ctx.Err() != nil:
 		default:
-			mv.log.Warn("move failed; retrying", "err", err)
+			mv.log.Warn("move stopped by an error; resuming", "err", err)
 		}
 		mv.release(context.Background())
 	}
@@ -105,7 +106,7 @@ func running(mv *pb.ShardMove) bool {
 // doing the same work, safety does not rest on it (see above).
 func (mv *mover) lease(ctx context.Context) bool {
 	now := time.Now()
-	val := []byte(mv.id + " " + strconv.FormatInt(now.Add(moverLease).UnixMilli(), 10))
+	val := []byte(mv.id + " " + strconv.FormatInt(now.Add(mv.leaseFor).UnixMilli(), 10))
 	e, err := mv.s.kv.Get(ctx, moverLeaseKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		_, err = mv.s.kv.Create(ctx, moverLeaseKey, val)
@@ -133,7 +134,6 @@ func (mv *mover) release(ctx context.Context) {
 // drive runs the move in m to its flip.
 func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 	ctx, cancel := context.WithCancelCause(parent)
-	defer cancel(nil)
 	A, B := m.Shards, m.Move.ToShards
 	next := m.Epoch + 1
 	ha, hb := consistenthash.New(A), consistenthash.New(B)
@@ -151,7 +151,7 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 
 	// Progress, lease renewal, and noticing an abort.
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(nil); wg.Wait() }() // the reporter ends with ctx
 	wg.Go(func() {
 		t := time.NewTicker(progressEvery)
 		defer t.Stop()
@@ -426,11 +426,19 @@ func (mv *mover) eachLast(ctx context.Context, id string, fn func(*jskv.Msg) err
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			return err
 		}
-		if done || n == 0 {
+		if done {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if n == 0 {
+			// Nothing came: the end, or a consumer being recreated after a
+			// server failure. Only the consumer's own count decides; a pass
+			// that stopped early would leave keys behind.
+			if info, err := cons.Info(ctx); err == nil && info.NumPending == 0 {
+				return nil
+			}
 		}
 	}
 }

@@ -51,6 +51,10 @@ type Config struct {
 	// still routes through them). Every router drives by default, one at
 	// a time under a lease, so a move outlives the router driving it.
 	NoMover bool
+	// MoverLease is how long a driving router's claim on a move lasts
+	// without renewal: a router that died mid-move is replaced after it.
+	// 0 = 10 s.
+	MoverLease time.Duration
 }
 
 // Server is a running router instance.
@@ -103,6 +107,9 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	wctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	mv := newMover(s, js)
+	if cfg.MoverLease > 0 {
+		mv.leaseFor = cfg.MoverLease
+	}
 	go func() {
 		defer close(s.done)
 		var wg sync.WaitGroup
