@@ -420,7 +420,10 @@ func (mv *mover) eachLast(ctx context.Context, id string, fn func(*jskv.Msg) err
 				return err
 			}
 			if md.NumPending == 0 {
+				// Everything as of the start is delivered; a fetch only
+				// returns on its own once full or at its MaxWait.
 				done = true
+				break
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {

@@ -131,6 +131,10 @@ func ensureMap(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValu
 			return rec, nil
 		case n == 0 || sameSet(cur.Shards, want):
 			return cur, nil
+		case cur.Move != nil:
+			// The set was changed by latchkey.admin.shards.set: from then
+			// on the record rules, and --shards only ever creates it.
+			return cur, nil
 		}
 		if err := checkEmpty(ctx, js, cur.Shards, bucketOf, n); err != nil {
 			return nil, err
