@@ -92,7 +92,7 @@ func (s *Server) adminSet(ctx context.Context, r *service.Request) (proto.Messag
 		}
 		if unfinished(m.Move) {
 			return nil, apierr.Conflict(apierr.ReasonMoveRunning,
-				"the aborted move to %v left keys on its new shards; moving on from it is not built yet (issue 12)", m.Move.ToShards)
+				"the aborted move to %v is still moving its keys back; retry when shards get shows it returned", m.Move.ToShards)
 		}
 		if sameSet(m.Shards, to) {
 			return &pb.ShardsSetResponse{Epoch: m.Epoch}, nil
@@ -115,10 +115,11 @@ func (s *Server) adminSet(ctx context.Context, r *service.Request) (proto.Messag
 	return nil, apierr.Unavailable(apierr.ReasonContention, "the shard map kept changing; retry")
 }
 
-// unfinished reports a move that stopped after handing keys over: its keys
-// are served through moved markers until a later move finishes the job.
+// unfinished reports an aborted move whose keys are not all back on their
+// old shards yet (the mover's giveBack); until they are, routers follow
+// the keys' moved markers to the move's shards.
 func unfinished(mo *pb.ShardMove) bool {
-	return mo != nil && (mo.State == pb.MoveState_MOVE_STATE_ABORTED || mo.State == pb.MoveState_MOVE_STATE_FAILED) && mo.KeysMoved > 0
+	return mo != nil && mo.State == pb.MoveState_MOVE_STATE_ABORTED && !mo.Returned
 }
 
 func (s *Server) adminAbort(ctx context.Context, r *service.Request) (proto.Message, error) {

@@ -80,13 +80,17 @@ func (mv *mover) run(ctx context.Context) {
 		case <-t.C:
 		}
 		m, _, err := readMap(ctx, mv.s.kv)
-		if err != nil || m == nil || !running(m.Move) {
+		if err != nil || m == nil || !(running(m.Move) || unfinished(m.Move)) {
 			continue
 		}
 		if !mv.lease(ctx) {
 			continue
 		}
-		err = mv.drive(ctx, m)
+		if unfinished(m.Move) {
+			err = mv.giveBack(ctx, m)
+		} else {
+			err = mv.drive(ctx, m)
+		}
 		switch {
 		case err == nil:
 			mv.log.Info("move done", "epoch", m.Epoch+1, "shards", m.Move.ToShards, "keys_moved", mv.moved.Load())
@@ -211,6 +215,91 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 		}
 	}
 	return stopped(mv.flip(ctx, m.Epoch, B))
+}
+
+// giveBack finishes an aborted move: every key it handed over goes back
+// to its owner under the old set, the same way keys went out (marker on
+// the shard that has it, copy on the old owner conditioned on the marker
+// there). First each old owner's ownership record for the old set (it owns
+// its keys again) and each new shard's (it takes no new key of the old
+// set's buckets); then one pass over each new shard suffices, since after
+// its record no key can appear there that the pass would miss.
+func (mv *mover) giveBack(ctx context.Context, m *pb.ShardMap) error {
+	A, B := m.Shards, m.Move.ToShards
+	ha, hb := consistenthash.New(A), consistenthash.New(B)
+	gains, loses := map[string]bool{}, map[string]bool{}
+	for b := range consistenthash.Buckets {
+		if oa, ob := ha.Owner(b), hb.Owner(b); oa != ob {
+			loses[oa], gains[ob] = true, true
+		}
+	}
+	mv.mu.Lock()
+	mv.floors, mv.owners = map[string]uint64{}, map[string]uint64{}
+	mv.mu.Unlock()
+	mv.log.Info("moving keys back after an abort", "shards", A, "from", B)
+	var back []string
+	for t := range gains {
+		back = append(back, t)
+	}
+	bound, err := mv.revisionBound(ctx, back)
+	if err != nil {
+		return err
+	}
+	for s := range loses {
+		if err := mv.ensureFloor(ctx, s, bound); err != nil {
+			return err
+		}
+		seq, err := mv.writeOwner(ctx, s, m.Epoch, A)
+		if err != nil {
+			return err
+		}
+		mv.mu.Lock()
+		mv.owners[s] = seq
+		mv.mu.Unlock()
+	}
+	for t := range gains {
+		if _, err := mv.writeOwner(ctx, t, m.Epoch, A); err != nil {
+			return err
+		}
+	}
+	for t := range gains {
+		if err := mv.pass(ctx, t, hb, ha); err != nil {
+			return fmt.Errorf("move keys back from shard %s: %w", t, err)
+		}
+	}
+	// A marker whose copy never landed (the mover stopped between the
+	// two): the marker holds the key, so the old owner takes it back from
+	// there. Nothing else writes copies, so the new shard has none.
+	for s := range loses {
+		err := mv.eachLast(ctx, s, func(msg *jskv.Msg) error {
+			key, ok := keyOf(msg.Subject)
+			if !ok || ha.Get(key) != s || storage.MovedTo(msg.Header) == "" || storage.MovedTo(msg.Header) != hb.Get(key) {
+				return nil
+			}
+			return mv.copyTo(ctx, s, key, markerSnapshot(msg))
+		})
+		if err != nil {
+			return fmt.Errorf("take keys back on shard %s: %w", s, err)
+		}
+	}
+	for range 10 {
+		cur, rev, err := readMap(ctx, mv.s.kv)
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.Epoch != m.Epoch || !unfinished(cur.Move) {
+			return errStopped
+		}
+		cur.Move.Returned = true
+		cur.Move.UpdatedUnixMs = time.Now().UnixMilli()
+		data, _ := proto.Marshal(cur)
+		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
+			mv.s.apply(cur)
+			mv.log.Info("keys moved back; the old set is whole again", "shards", A)
+			return nil
+		}
+	}
+	return errors.New("the shard map record kept changing")
 }
 
 // update changes the running move of epoch from (CAS on the record);
@@ -582,6 +671,13 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 				snap.value = m.Data
 				if at, ok := jskv.Expiry(m.Time, m.Header); ok {
 					snap.expiresMs = at.UnixMilli()
+					// A copy knows the instant its TTL was first set to end;
+					// its own Nats-TTL was rounded up to whole seconds, and
+					// moving it again must not add another rounding.
+					if first, err := strconv.ParseInt(m.Header.Get(storage.HeaderMovedExpires), 10, 64); err == nil && first > 0 && first < snap.expiresMs {
+						snap.expiresMs = first
+						at = time.UnixMilli(first)
+					}
 					if until := time.Until(at); until < ttlGuard {
 						// Let the server expire it; hand over its marker.
 						select {
@@ -687,6 +783,7 @@ func (mv *mover) copyTo(ctx context.Context, t, key string, snap snapshot) error
 				live = false
 			} else {
 				h.Set(jskv.HeaderTTL, jskv.TTLHeader(left.Milliseconds()+1))
+				h.Set(storage.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
 			}
 		}
 		if live {

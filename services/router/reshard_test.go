@@ -115,7 +115,55 @@ func (e *reshardEnv) move(shards ...string) {
 	}
 }
 
-// TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 3 shards while
+// abortMidMove starts a move to shards, aborts it once it has handed keys
+// over, and waits until they are all back.
+func (e *reshardEnv) abortMidMove(shards ...string) {
+	e.t.Helper()
+	cur := &pb.ShardsGetResponse{}
+	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.call(router.AdminShardsSet, &pb.ShardsSetRequest{Shards: shards, ExpectedEpoch: cur.Epoch}, &pb.ShardsSetResponse{}); err != nil {
+		e.t.Fatal(err)
+	}
+	for {
+		got := &pb.ShardsGetResponse{}
+		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
+			e.t.Fatal(err)
+		}
+		if got.Move.GetKeysMoved() > 0 || got.Move.GetState() != pb.MoveState_MOVE_STATE_COPYING {
+			if got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE {
+				e.t.Fatal("the move finished before it could be aborted")
+			}
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := e.call(router.AdminShardsAbort, &pb.ShardsAbortRequest{ExpectedEpoch: cur.Epoch}, &pb.ShardsAbortResponse{}); err != nil {
+		e.t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := &pb.ShardsGetResponse{}
+		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
+			e.t.Fatal(err)
+		}
+		if got.Move.GetState() != pb.MoveState_MOVE_STATE_ABORTED || got.Epoch != cur.Epoch {
+			e.t.Fatalf("after abort: %v", got)
+		}
+		if got.Move.Returned {
+			e.t.Logf("aborted after %d keys were handed over; all back", got.Move.KeysMoved)
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("the aborted move's keys did not come back in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 3 shards, then
+// starts 3 -> 4 again and aborts it mid-move, and moves to 4 after all, while
 // CAS writers increment counters, then checks: every acknowledged
 // increment is there exactly once (a counter equals its successful CASes),
 // revisions of a key never went down, values, fences of written and of
@@ -196,6 +244,10 @@ func TestReshardKeepsEveryKey(t *testing.T) {
 	e.move("0", "1", "2", "3")
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2")
+	time.Sleep(200 * time.Millisecond)
+	e.abortMidMove("0", "1", "2", "3")
+	time.Sleep(200 * time.Millisecond)
+	e.move("0", "1", "2", "3") // a move after an abort starts from the old set, whole
 	time.Sleep(200 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()

@@ -284,7 +284,7 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 	limit, _ := limits.ScanLimit(in.Limit)
 	in.Limit = uint32(limit)
 	route := s.route.Load()
-	if route.moving {
+	if route.target != nil {
 		// A key between its old and its new shard is on neither for a
 		// publish round trip; a page merged across both could miss it.
 		return nil, apierr.Unavailable(apierr.ReasonHandover, "scans wait while the shard set changes (epoch %d); retry", route.epoch)

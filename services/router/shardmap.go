@@ -56,10 +56,10 @@ type routing struct {
 
 func routingOf(m *pb.ShardMap) *routing {
 	r := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards), seen: fmt.Sprint(m.Epoch)}
-	if mo := m.Move; mo != nil && mo.State != pb.MoveState_MOVE_STATE_DONE && len(mo.ToShards) > 0 {
+	if mo := m.Move; mo != nil && (running(mo) || unfinished(mo)) && len(mo.ToShards) > 0 {
 		r.target = consistenthash.New(mo.ToShards)
 		r.moving = running(mo)
-		r.seen = fmt.Sprint(m.Epoch, mo.ToShards, mo.State)
+		r.seen = fmt.Sprint(m.Epoch, mo.ToShards, mo.State, mo.Returned)
 	}
 	return r
 }

@@ -101,6 +101,9 @@ type ShardMove struct {
 	KeysTotal     uint64 `protobuf:"varint,7,opt,name=keys_total,json=keysTotal,proto3" json:"keys_total,omitempty"`
 	StartedUnixMs int64  `protobuf:"varint,8,opt,name=started_unix_ms,json=startedUnixMs,proto3" json:"started_unix_ms,omitempty"`
 	UpdatedUnixMs int64  `protobuf:"varint,9,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	// After an abort: every key the move had handed over is back on its old
+	// shard, and a new move may start.
+	Returned      bool `protobuf:"varint,10,opt,name=returned,proto3" json:"returned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -196,6 +199,13 @@ func (x *ShardMove) GetUpdatedUnixMs() int64 {
 		return x.UpdatedUnixMs
 	}
 	return 0
+}
+
+func (x *ShardMove) GetReturned() bool {
+	if x != nil {
+		return x.Returned
+	}
+	return false
 }
 
 // ShardsGetRequest asks for the shard map (latchkey.admin.shards.get).
@@ -491,7 +501,7 @@ var File_latchkey_v1_admin_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xbc\x02\n" +
+	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xd8\x02\n" +
 	"\tShardMove\x12\x1d\n" +
 	"\n" +
 	"from_epoch\x18\x01 \x01(\x04R\tfromEpoch\x12\x1f\n" +
@@ -505,7 +515,9 @@ const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"keys_total\x18\a \x01(\x04R\tkeysTotal\x12&\n" +
 	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x12&\n" +
-	"\x0fupdated_unix_ms\x18\t \x01(\x03R\rupdatedUnixMs\"\x12\n" +
+	"\x0fupdated_unix_ms\x18\t \x01(\x03R\rupdatedUnixMs\x12\x1a\n" +
+	"\breturned\x18\n" +
+	" \x01(\bR\breturned\"\x12\n" +
 	"\x10ShardsGetRequest\"m\n" +
 	"\x11ShardsGetResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
