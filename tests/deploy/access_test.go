@@ -205,13 +205,12 @@ func clientBoundaries(ctx context.Context, t *testing.T, s *stack, cl *conn, c *
 	}
 }
 
-// adminOpsBoundaries: admin may use latchkey.admin.> (today no service
-// serves it: shard changes are a router started with LATCHKEY_SHARDS, see
-// docs/DEPLOY.md) and nothing of the data; ops may read JetStream's stream
-// and consumer info and nothing else.
+// adminOpsBoundaries: admin may use latchkey.admin.> (the routers' shard
+// endpoints; reshardOnline drives a move with it) and nothing of the data;
+// ops may read JetStream's stream and consumer info and nothing else.
 func adminOpsBoundaries(ctx context.Context, t *testing.T, s *stack, ops *conn, js jetstream.JetStream) {
 	admin := s.connect(t, "admin")
-	mustAllow(t, admin, "publish", "latchkey.admin.shards.set", publish(admin, "latchkey.admin.shards.set"))
+	mustAllow(t, admin, "publish", "latchkey.admin.shards.get", publish(admin, "latchkey.admin.shards.get"))
 	for _, subject := range []string{"$KV.latchkey_meta.shardmap", "$JS.API.STREAM.INFO.KV_latchkey_meta", "latchkey.kv.put", "latchkey.shard.0.put"} {
 		mustViolate(t, admin, "publish", subject, publish(admin, subject))
 	}

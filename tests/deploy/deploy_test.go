@@ -330,6 +330,7 @@ func TestComposeDeployment(t *testing.T) {
 			panelQueries(ctx, t, s.ports["LATCHKEY_PROMETHEUS_PORT"])
 		})
 	}
+	t.Run("shards grow 3 -> 4 online, driven as admin", func(t *testing.T) { reshardOnline(ctx, t, s, c, written) })
 	// Before TLS re-creates the NATS containers and their logs.
 	t.Run("no permission violation by a service", func(t *testing.T) { serviceViolations(ctx, t, s) })
 
