@@ -37,7 +37,7 @@ const (
 	moverLeaseKey   = "mover"
 	moverLease      = 10 * time.Second
 	moverTick       = 250 * time.Millisecond
-	moverWorkers    = 16
+	moverWorkers    = 32
 	progressEvery   = 250 * time.Millisecond
 	handoverRetries = 32
 	// ttlGuard: a value this close to its server-side expiry is left to
@@ -758,16 +758,21 @@ func (mv *mover) copyTo(ctx context.Context, t, key string, snap snapshot) error
 	if !ok {
 		return fmt.Errorf("shard %s was not prepared", t)
 	}
-	for range handoverRetries {
-		cur, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(t), subj)
-		if err != nil {
-			return err
-		}
-		var tseq uint64
-		if found {
-			tseq = cur.Seq
-			if cur.Seq > ownSeq && storage.MovedTo(cur.Header) == "" {
-				return nil // copied already, maybe written since
+	// First guess: the new owner has no message of the key (true for a new
+	// shard); a wrong guess is refused by the server and read properly.
+	var tseq uint64
+	for attempt := range handoverRetries {
+		if attempt > 0 {
+			cur, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(t), subj)
+			if err != nil {
+				return err
+			}
+			tseq = 0
+			if found {
+				tseq = cur.Seq
+				if cur.Seq > ownSeq && storage.MovedTo(cur.Header) == "" {
+					return nil // copied already, maybe written since
+				}
 			}
 		}
 		h := nats.Header{}
@@ -791,7 +796,7 @@ func (mv *mover) copyTo(ctx context.Context, t, key string, snap snapshot) error
 		} else {
 			h.Set(jskv.HeaderKVOperation, "DEL")
 		}
-		_, err = jskv.PublishIfLast(ctx, mv.js, subj, body, h, tseq)
+		_, err := jskv.PublishIfLast(ctx, mv.js, subj, body, h, tseq)
 		if err == nil {
 			mv.moved.Add(1)
 			return nil
