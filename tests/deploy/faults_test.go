@@ -2,6 +2,8 @@ package deploy_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -28,6 +30,12 @@ func composeFaultCheck(ctx context.Context, t *testing.T, s *stack) {
 	}
 	defer inj.Close(context.Background())
 	var progress strings.Builder
+	// Kept after the test: a violation is only worth its history.
+	out, err := os.MkdirTemp("", "latchkey-deploy-check-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("history and any porcupine visualisation: %s", out)
 	rep, err := check.Run(ctx, check.Config{
 		Duration:    45 * time.Second,
 		Seed:        15,
@@ -43,8 +51,9 @@ func composeFaultCheck(ctx context.Context, t *testing.T, s *stack) {
 			t.Cleanup(cn.nc.Close)
 			return client.New(cn.nc, client.WithTimeout(2*time.Second)), nil
 		},
-		Progress: &progress,
-		OutDir:   t.TempDir(),
+		Progress:    &progress,
+		OutDir:      out,
+		HistoryFile: filepath.Join(out, "history.jsonl"),
 	})
 	if rep != nil {
 		var sum strings.Builder

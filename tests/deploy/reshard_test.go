@@ -25,7 +25,9 @@ import (
 func reshardOnline(ctx context.Context, t *testing.T, s *stack, c *client.Client, written map[string]string) {
 	admin := s.connect(t, "admin")
 	call := func(endpoint string, req, resp proto.Message) error {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// set estimates the keys to move from the shard streams first: on
+		// this loaded 2-core box that can take seconds.
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		return service.Call(cctx, admin.nc, "latchkey.admin.shards."+endpoint, nil, req, resp)
 	}
