@@ -123,22 +123,16 @@ func (e *reshardEnv) abortMidMove(shards ...string) {
 	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
 		e.t.Fatal(err)
 	}
+	// Aim by the stream itself: abort once the new shard holds copies.
+	target := shards[len(shards)-1]
+	before := e.streamMsgs(target)
 	if err := e.call(router.AdminShardsSet, &pb.ShardsSetRequest{Shards: shards, ExpectedEpoch: cur.Epoch}, &pb.ShardsSetResponse{}); err != nil {
 		e.t.Fatal(err)
 	}
-	for {
-		got := &pb.ShardsGetResponse{}
-		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
-			e.t.Fatal(err)
-		}
-		if got.Move.GetKeysMoved() > 0 || got.Move.GetState() != pb.MoveState_MOVE_STATE_COPYING {
-			if got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE {
-				e.t.Fatal("the move finished before it could be aborted")
-			}
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
+	for e.streamMsgs(target) < before+20 {
+		time.Sleep(time.Millisecond)
 	}
+	copies := e.streamMsgs(target) - before
 	if err := e.call(router.AdminShardsAbort, &pb.ShardsAbortRequest{ExpectedEpoch: cur.Epoch}, &pb.ShardsAbortResponse{}); err != nil {
 		e.t.Fatal(err)
 	}
@@ -149,10 +143,10 @@ func (e *reshardEnv) abortMidMove(shards ...string) {
 			e.t.Fatal(err)
 		}
 		if got.Move.GetState() != pb.MoveState_MOVE_STATE_ABORTED || got.Epoch != cur.Epoch {
-			e.t.Fatalf("after abort: %v", got)
+			e.t.Fatalf("after abort: %v (the move outran its abort: give it more keys)", got)
 		}
 		if got.Move.Returned {
-			e.t.Logf("aborted after %d keys were handed over; all back", got.Move.KeysMoved)
+			e.t.Logf("aborted with at least %d copies on shard %s; all back", copies, target)
 			return
 		}
 		if time.Now().After(deadline) {
@@ -160,6 +154,16 @@ func (e *reshardEnv) abortMidMove(shards ...string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func (e *reshardEnv) streamMsgs(shard string) uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := e.js.Stream(ctx, "KV_"+e.set.ShardBucket(shard))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st.CachedInfo().State.Msgs
 }
 
 // TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 3 shards, then
@@ -244,7 +248,16 @@ func TestReshardKeepsEveryKey(t *testing.T) {
 	e.move("0", "1", "2", "3")
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2")
-	time.Sleep(200 * time.Millisecond)
+	// Enough keys that the next move outlasts the abort's round trip.
+	var lw sync.WaitGroup
+	for w := range 8 {
+		lw.Go(func() {
+			for i := w; i < 3000; i += 8 {
+				_ = e.call("kv.put", &pb.PutRequest{Key: fmt.Sprintf("m%d", i), Value: []byte("m")}, &pb.PutResponse{})
+			}
+		})
+	}
+	lw.Wait()
 	e.abortMidMove("0", "1", "2", "3")
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2", "3") // a move after an abort starts from the old set, whole
