@@ -78,3 +78,25 @@ func BenchmarkStaleLag(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "lag-us")
 }
+
+// BenchmarkCreate measures puts of keys that do not exist yet: the path
+// that waits for the writer's own view to apply the create before
+// answering (handover.go, postCheck), so resharding cannot lose a key
+// created on a shard that just gave its bucket away.
+func BenchmarkCreate(b *testing.B) {
+	e := newEnv(b)
+	e.start("0")
+	val := make([]byte, 100)
+	var n atomic.Int64
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb_ *testing.PB) {
+		for pb_.Next() {
+			var resp pb.PutResponse
+			if err := call(e.nc, "0", "put", &pb.PutRequest{Key: fmt.Sprintf("new%d", n.Add(1)), Value: val}, &resp); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
