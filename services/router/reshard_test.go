@@ -324,3 +324,58 @@ func ownerOf(e *reshardEnv, key string) string {
 }
 
 func routerHash(shards []string, key string) string { return consistenthash.New(shards).Get(key) }
+
+// TestReshardResumesAfterMarkerBeforeCopy plants the state a mover leaves
+// when it dies between the two writes of a hand-over: the move is in the
+// map, the key's moved marker (holding its value, fences and revision) is
+// on the old shard, and the new shard has nothing. A router started then
+// resumes the move; the key must arrive with its value, revision and
+// fences, and its TTL as the marker says. About 2 s.
+func TestReshardResumesAfterMarkerBeforeCopy(t *testing.T) {
+	e := newReshardEnv(t)
+	a, b := []string{"0", "1", "2"}, []string{"0", "1", "2", "3"}
+	ha, hb := consistenthash.New(a), consistenthash.New(b)
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("x%d", i); hb.Get(k) == "3" {
+			key = k
+		}
+	}
+	src := ha.Get(key)
+	f := &pb.Fence{Lock: "L", Token: 30}
+	var pr pb.PutResponse
+	if err := e.call("kv.put", &pb.PutRequest{Key: key, Value: []byte("precious"), Fence: f}, &pr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	subj := "$KV." + e.set.ShardBucket(src) + "." + jskv.EncodeKey(key)
+	last, _, err := jskv.LeaderGet(ctx, e.nc, "KV_"+e.set.ShardBucket(src), subj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The marker a mover writes first, planted before the move starts (the
+	// env's router runs a mover, which would otherwise race the plant):
+	// the pass then finds the state a dead mover left.
+	h := nats.Header{}
+	h.Set(jskv.HeaderKVOperation, "DEL")
+	h.Set(storage.HeaderMovedTo, "3")
+	h.Set(storage.HeaderMovedLive, "1")
+	h.Set(storage.HeaderRevision, strconv.FormatUint(pr.Revision, 10))
+	h.Set(storage.HeaderFences, last.Header.Get(storage.HeaderFences))
+	if _, err := jskv.PublishIfLast(ctx, e.js, subj, []byte("precious"), h, last.Seq); err != nil {
+		t.Fatal(err)
+	}
+	e.move(b...)
+	g := e.mustGet(key)
+	if !g.Found || string(g.Value) != "precious" || g.Revision != pr.Revision {
+		t.Fatalf("the key whose copy was interrupted: %v, want value precious at revision %d", g, pr.Revision)
+	}
+	old := &pb.Fence{Lock: "L", Token: 29}
+	if err := e.call("kv.put", &pb.PutRequest{Key: key, Value: []byte("late"), Fence: old}, &pb.PutResponse{}); !errors.Is(err, apierr.ReasonStaleFence) {
+		t.Fatalf("an older fence after the resumed copy: %v, want 409 stale_fence", err)
+	}
+	if owner := ownerOf(e, key); owner != "3" {
+		t.Fatalf("the key is owned by %s after the move, want 3", owner)
+	}
+}
