@@ -379,6 +379,10 @@ func (s *Server) epochHeader(hdr nats.Header) nats.Header {
 	return hdr
 }
 
+// maxMoveHops bounds how often one request follows moved and handover
+// answers, should it have no deadline to end it.
+const maxMoveHops = 500
+
 // callMoving is call for a key's request, following the key across a move
 // of the shard set: a shard that answers moved handed the key to its owner
 // in the move's target set, which is asked next with storage.HeaderHandover
@@ -396,8 +400,20 @@ func (s *Server) callMoving(ctx context.Context, r *routing, key, id, op string,
 		if err == nil {
 			return nil
 		}
+		if attempt >= maxMoveHops {
+			return err
+		}
 		switch {
 		case errors.Is(err, apierr.ReasonMoved):
+			if attempt > 0 {
+				// Shards disagree for a moment (a view that has not applied
+				// the latest record yet): do not bounce at full speed.
+				select {
+				case <-ctx.Done():
+					return err
+				case <-time.After(min(time.Duration(1<<min(attempt, 5))*time.Millisecond, 20*time.Millisecond)):
+				}
+			}
 			next := ""
 			if r.target != nil {
 				next = r.target.Get(key)
