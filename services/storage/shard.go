@@ -207,6 +207,9 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	key, err := decodeKey(token)
 	moved := movedTo(h) != ""
 	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), moved, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
+	if md.NumPending == 0 {
+		sh.view.caughtUp(seq)
+	}
 	sh.feed.observe(key, err == nil, seq, rev, md.Timestamp, h, m.Data())
 }
 
@@ -294,13 +297,13 @@ func (sh *shard) close() {
 }
 
 // sync waits until the view has applied every message acknowledged before
-// sync was called.
+// sync was called, and shows every key as of then (waitCut).
 func (sh *shard) sync(ctx context.Context) error {
 	seq, err := sh.barrier.get(ctx)
 	if err != nil {
 		return err
 	}
-	if err := sh.view.wait(ctx, seq); err != nil {
+	if err := sh.view.waitCut(ctx, seq); err != nil {
 		select { // let the monitor find out why, now rather than later
 		case sh.kick <- struct{}{}:
 		default:

@@ -78,9 +78,18 @@ const maxPending = 1 << 16
 // overlay used only as the base of the next write on the same key, dropped
 // once the consumer has caught up with them.
 type view struct {
-	mu       sync.RWMutex
-	tree     *btree.BTreeG[entry]
-	applied  uint64
+	mu      sync.RWMutex
+	tree    *btree.BTreeG[entry]
+	applied uint64
+	// gapAt is the sequence of the first message the consumer delivered
+	// past a gap: messages it never delivered because they were deleted
+	// first (History 1 drops a key's message when the next one lands), as
+	// happens when the consumer falls behind (a paused process, a restart
+	// from where it stopped, the first load). Until the consumer reaches
+	// the stream's end (a message with nothing pending, caughtUp), a key
+	// may show a value older than its version as of applied: its newer
+	// message was deleted and its newest lies beyond applied. 0 = none.
+	gapAt    uint64
 	floor    uint64     // the shard's revision floor as of applied (revision.go)
 	own      *ownership // the last ownership record applied; nil: owns every key (handover.go)
 	progress time.Time  // when the consumer last delivered a message
@@ -135,6 +144,9 @@ func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, mov
 			}
 			delete(v.keyWatch, key)
 		}
+	}
+	if seq > v.applied+1 && v.gapAt == 0 {
+		v.gapAt = seq
 	}
 	if seq > v.applied {
 		v.applied = seq
@@ -249,10 +261,37 @@ func (v *view) appliedSeq() uint64 {
 	return v.applied
 }
 
+// caughtUp records that the consumer delivered seq with nothing pending
+// after it: it has delivered the newest message of every key, so a gap
+// before seq no longer shows.
+func (v *view) caughtUp(seq uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.gapAt != 0 && seq >= v.gapAt {
+		v.gapAt = 0
+		if v.waiters > 0 {
+			close(v.notify)
+			v.notify = make(chan struct{})
+		}
+	}
+}
+
+// waitCut blocks until the view has applied stream sequence seq and is a
+// consistent cut of the stream: every key as of applied (no gap shows).
+// Reads that must see every write acknowledged before seq use it.
+func (v *view) waitCut(ctx context.Context, seq uint64) error {
+	return v.waitUntil(ctx, func() bool { return v.applied >= seq && v.gapAt == 0 })
+}
+
 // wait blocks until the view has applied stream sequence seq.
 func (v *view) wait(ctx context.Context, seq uint64) error {
+	return v.waitUntil(ctx, func() bool { return v.applied >= seq })
+}
+
+// waitUntil blocks until done (called under v.mu) holds.
+func (v *view) waitUntil(ctx context.Context, done func() bool) error {
 	v.mu.Lock()
-	for v.applied < seq {
+	for !done() {
 		ch := v.notify
 		v.waiters++
 		v.mu.Unlock()
