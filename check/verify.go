@@ -60,7 +60,7 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 	rep.Violations = append(rep.Violations, checkTokens(ops)...)
 	rep.Violations = append(rep.Violations, checkFences(ops)...)
 	rep.Violations = append(rep.Violations, r.checkDurability(ops)...)
-	rep.Violations = append(rep.Violations, checkTTL(ops)...)
+	rep.Violations = append(rep.Violations, checkTTL(ops, faults)...)
 	rep.Violations = append(rep.Violations, checkFenceRules(ops)...)
 	rep.Violations = append(rep.Violations, checkWritable(ops)...)
 	if r.cfg.Watch {
@@ -88,15 +88,18 @@ func (r *run) verify(trafficEnd time.Duration, sched Schedule) *Report {
 // up, and it stores the message no earlier than the invocation), and must
 // have removed it, unless it was overwritten, by the put's return plus the
 // rounded TTL plus ttlSlack (the expiry timer's tick, the marker's
-// replication and a busy machine). A put whose outcome is unknown may take
+// replication and a busy machine), later when a fault overlapped that
+// wait (expiresBy). A put whose outcome is unknown may take
 // effect at any later time, so its expiry may too.
 //
-// With prune, writes of unknown outcome whose value no read ever returned
-// are left out as well (see checkLinearizable).
-func (r *run) history(ops []Op, prune bool) []porcupine.Operation {
+// The mode narrows what writes of unknown outcome may do, for the quicker
+// searches of checkLinearizable: histPrune leaves out those whose value no
+// read ever returned, histBound lets each take effect only until
+// unknownBound after its own return.
+func (r *run) history(ops []Op, faults []FaultRecord, mode histMode) []porcupine.Operation {
 	expirer := r.cfg.Clients + 3 + edgeClients // the server, in the visualisation
 	var seen map[string]bool
-	if prune {
+	if mode == histPrune {
 		seen = observedValues(ops)
 	}
 	var h []porcupine.Operation
@@ -104,6 +107,9 @@ func (r *run) history(ops []Op, prune bool) []porcupine.Operation {
 		ret := int64(op.Return)
 		if out.Unknown {
 			ret = forever
+			if mode == histBound {
+				ret = int64(unknownBound(op, faults))
+			}
 		}
 		h = append(h, porcupine.Operation{ClientId: op.Client, Call: int64(op.Call), Return: ret, Input: in, Output: out})
 	}
@@ -117,7 +123,7 @@ func (r *run) history(ops []Op, prune bool) []porcupine.Operation {
 			if op.Invalid || undelivered(op) {
 				continue
 			}
-			if prune && op.Outcome == Unknown && op.Kind != KindDel && !seen[op.Value] {
+			if mode == histPrune && op.Outcome == Unknown && op.Kind != KindDel && !seen[op.Value] {
 				continue
 			}
 			in := kvmodel.Input{Op: kvmodel.Put, Key: op.Key, Value: op.Value, Fence: op.Token, Lock: op.Lock, TTL: op.TTL}
@@ -133,9 +139,14 @@ func (r *run) history(ops []Op, prune bool) []porcupine.Operation {
 			}
 			add(op, in, out)
 			if op.TTL > 0 && op.Outcome != Failed {
-				ret := int64(op.Return + ceilSecond(op.TTL) + ttlSlack)
+				ret := int64(expiresBy(op, faults))
 				if op.Outcome == Unknown {
 					ret = forever
+					if mode == histBound {
+						late := op
+						late.Return = unknownBound(op, faults)
+						ret = int64(expiresBy(late, faults))
+					}
 				}
 				h = append(h, porcupine.Operation{ClientId: expirer, Call: int64(op.Call + ceilSecond(op.TTL)), Return: ret,
 					Input: kvmodel.Input{Op: kvmodel.Expire, Key: op.Key, Value: op.Value}, Output: kvmodel.Output{}})
@@ -177,6 +188,36 @@ func (r *run) scanRange(op Op) []string {
 	return out
 }
 
+// histMode selects how history treats writes of unknown outcome.
+type histMode int
+
+const (
+	histFull  histMode = iota // each may take effect at any later time
+	histPrune                 // those no read saw are left out
+	histBound                 // each takes effect by unknownBound or never
+)
+
+// unknownWindow and unknownHealWindow bound, for the histBound search
+// only, how late a write of unknown outcome takes effect: a few seconds
+// after its error came back, or after the heal of a fault that overlapped
+// that time (a write held by a frozen or cut-off leader lands when it
+// returns). Nothing promises this bound; a history linearizable within it
+// is linearizable, one that is not is searched again without it.
+const (
+	unknownWindow     = 5 * time.Second
+	unknownHealWindow = 10 * time.Second
+)
+
+func unknownBound(op Op, faults []FaultRecord) time.Duration {
+	by := op.Return + unknownWindow
+	for _, f := range faults {
+		if f.Injected < by && f.Healed > op.Call && f.Healed+unknownHealWindow > by {
+			by = f.Healed + unknownHealWindow
+		}
+	}
+	return by
+}
+
 // undelivered says whether op's request reached no service at all: the
 // client's own NATS request was answered "no responders" (nothing
 // subscribed to the endpoint, e.g. the only router was down), so it changed
@@ -211,27 +252,36 @@ func observedValues(ops []Op) map[string]bool {
 // through the rest of the history (a run with hundreds of them around the
 // faults once gave up after 2 min). Most of them never took effect, which
 // shows: no read ever returned their (unique) value. So the history is
-// checked first without those writes, as if they had failed; a
-// linearization of that history is one of the whole history too (each
-// left-out write is placed as "not applied"), so "linearizable" is sound.
-// Anything else is decided on the whole history.
+// checked first without those writes, as if they had failed, then with
+// every unknown write taking effect soon after its error or never
+// (histBound); a linearization of either history is one of the whole
+// history too (a left-out write is placed as "not applied", a bounded one
+// where it was placed), so "linearizable" is sound. Anything else is
+// decided on the whole history.
 func (r *run) checkLinearizable(ops []Op, rep *Report) {
 	model := kvmodel.Model()
-	pruned := r.history(ops, true)
-	pres, pinfo := porcupine.CheckOperationsVerbose(model, pruned, r.cfg.CheckTimeout)
-	if pres == porcupine.Ok {
+	quick := max(r.cfg.CheckTimeout/4, time.Second)
+	pruned := r.history(ops, rep.Faults, histPrune)
+	if porcupine.CheckOperationsTimeout(model, pruned, quick) == porcupine.Ok {
 		rep.Linearizable = fmt.Sprintf("linearizable (%d operations)", len(pruned))
 		return
 	}
-	h := r.history(ops, false)
+	bounded := r.history(ops, rep.Faults, histBound)
+	bres, binfo := porcupine.CheckOperationsVerbose(model, bounded, quick)
+	if bres == porcupine.Ok {
+		rep.Linearizable = fmt.Sprintf("linearizable (%d operations)", len(bounded))
+		return
+	}
+	h := r.history(ops, rep.Faults, histFull)
 	res, info := porcupine.CheckOperationsVerbose(model, h, r.cfg.CheckTimeout)
 	note := ""
-	if res == porcupine.Unknown && pres == porcupine.Illegal {
-		// Only unknown writes nobody read could explain the history, and
-		// the search through them gave up: name the keys and show the
-		// history as if those writes had failed.
-		res, info, h = porcupine.Illegal, pinfo, pruned
-		note = " (with the unknown writes no read saw set aside; with them, porcupine gave up)"
+	if res == porcupine.Unknown && bres == porcupine.Illegal {
+		// Only unknown writes taking effect late could explain the
+		// history, and the search through them gave up: name the keys
+		// and show the history with the writes bounded.
+		res, info, h = porcupine.Illegal, binfo, bounded
+		note = fmt.Sprintf(" (with every unknown write taking effect within %s of its error, or %s of a fault's heal; without that bound, porcupine gave up)",
+			unknownWindow, unknownHealWindow)
 	}
 	switch res {
 	case porcupine.Ok:
