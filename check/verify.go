@@ -262,7 +262,8 @@ func (r *run) checkLinearizable(ops []Op, rep *Report) {
 	model := kvmodel.Model()
 	quick := max(r.cfg.CheckTimeout/4, time.Second)
 	pruned := r.history(ops, rep.Faults, histPrune)
-	if porcupine.CheckOperationsTimeout(model, pruned, quick) == porcupine.Ok {
+	pres, pinfo := porcupine.CheckOperationsVerbose(model, pruned, quick)
+	if pres == porcupine.Ok {
 		rep.Linearizable = fmt.Sprintf("linearizable (%d operations)", len(pruned))
 		return
 	}
@@ -282,6 +283,9 @@ func (r *run) checkLinearizable(ops []Op, rep *Report) {
 		res, info, h = porcupine.Illegal, binfo, bounded
 		note = fmt.Sprintf(" (with every unknown write taking effect within %s of its error, or %s of a fault's heal; without that bound, porcupine gave up)",
 			unknownWindow, unknownHealWindow)
+	} else if res == porcupine.Unknown && pres == porcupine.Illegal {
+		res, info, h = porcupine.Illegal, pinfo, pruned
+		note = " (unless unknown writes that no read saw took effect; with them, porcupine gave up)"
 	}
 	switch res {
 	case porcupine.Ok:
