@@ -92,8 +92,9 @@ const (
 // The reasons of 503 replies (ErrUnavailable): retry.
 const (
 	ReasonNoResponders     Reason = "no_responders"
-	ReasonTimeout          Reason = "timeout" // a deadline passed (context.DeadlineExceeded maps here)
-	ReasonNATS             Reason = "nats"    // another NATS request failure
+	ReasonTimeout          Reason = "timeout"         // a deadline passed (context.DeadlineExceeded maps here)
+	ReasonDeadlinePassed   Reason = "deadline_passed" // the request arrived after its caller's deadline; not carried out
+	ReasonNATS             Reason = "nats"            // another NATS request failure
 	ReasonContention       Reason = "contention"
 	ReasonOverloaded       Reason = "overloaded"
 	ReasonViewStale        Reason = "view_stale"
@@ -163,7 +164,7 @@ func init() {
 		ErrTooLarge: {ReasonKeyTooLong, ReasonPrefixTooLong, ReasonAfterTooLong, ReasonNameTooLong,
 			ReasonOwnerTooLong, ReasonFenceLockTooLong, ReasonValueTooLarge, ReasonWatchPrefixLarge,
 			ReasonReplyTooLarge, ReasonTooLarge},
-		ErrUnavailable: {ReasonNoResponders, ReasonTimeout, ReasonNATS, ReasonContention, ReasonOverloaded,
+		ErrUnavailable: {ReasonNoResponders, ReasonTimeout, ReasonDeadlinePassed, ReasonNATS, ReasonContention, ReasonOverloaded,
 			ReasonViewStale, ReasonViewBehind, ReasonNoQuorum, ReasonExpiryPending, ReasonShuttingDown,
 			ReasonJetStream, ReasonJetStreamBusy, ReasonJetStreamRead, ReasonJetStreamWrite,
 			ReasonShardUnavailable, ReasonShardTimeout, ReasonMoved, ReasonHandover},

@@ -188,12 +188,43 @@ func (s *Service) dispatch(ep Endpoint, st *endpointStats, r micro.Request) {
 	go func() {
 		defer func() { <-s.slots; s.gauge.Dec(); s.inflight.Done() }()
 		start := time.Now()
-		ctx, cancel := context.WithTimeout(s.ctx, s.timeout(msg.Header))
+		deadline, late := s.deadline(msg.Header, start)
+		ctx, cancel := context.WithDeadline(s.ctx, deadline)
 		defer cancel()
 		ctx, span := telemetry.StartServer(ctx, msg, ep.Name)
+		if late {
+			// Delivered after its caller gave up (wire.HeaderDeadline):
+			// doing it now could apply a write after the caller's next.
+			s.reply(ep, st, req, start, nil, apierr.Errorf(apierr.ReasonDeadlinePassed,
+				"%s: the request arrived %v after its deadline (or the caller's clock is that far behind); it was not carried out",
+				s.cfg.Name, start.Sub(deadline).Round(time.Millisecond)+ClockAllowance), span)
+			return
+		}
 		resp, err := ep.Func(ctx, req)
 		s.reply(ep, st, req, start, resp, err, span)
 	}()
+}
+
+// ClockAllowance is how far apart the clocks of a caller and a service may
+// be: a request is refused as late only once its deadline passed by more.
+const ClockAllowance = 100 * time.Millisecond
+
+// deadline is when work on a request arriving at now must end: its
+// remaining time (HeaderTimeout, or the configured Timeout), cut to the
+// instant it names (wire.HeaderDeadline) plus ClockAllowance. late reports
+// that the instant passed before the request arrived.
+func (s *Service) deadline(h nats.Header, now time.Time) (deadline time.Time, late bool) {
+	deadline = now.Add(s.timeout(h))
+	if abs, ok := wire.RequestDeadline(h); ok {
+		abs = abs.Add(ClockAllowance)
+		if !abs.After(now) {
+			return abs, true
+		}
+		if abs.Before(deadline) {
+			deadline = abs
+		}
+	}
+	return deadline, false
 }
 
 func (s *Service) timeout(h nats.Header) time.Duration {

@@ -6,12 +6,14 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/tcpproxy"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -297,5 +299,86 @@ func TestStopCancelledRequestIs503(t *testing.T) {
 	var e *apierr.Error
 	if !errors.As(err, &e) || e.Code() != 503 || !errors.Is(err, apierr.ReasonShuttingDown) {
 		t.Fatalf("request cancelled by Stop: %v, want 503 shutting_down", err)
+	}
+}
+
+// TestLateDeliveryIsNotCarriedOut: a request can reach a service long
+// after it was sent. Here the caller's link is cut, so nats.go holds the
+// request in its reconnect buffer; the call times out; the link comes back
+// and the buffered request is delivered. Timed only from its arrival
+// (Latchkey-Timeout-Ms) it runs, although nobody waits for it: a put would
+// land after, and over, the caller's next writes. With its deadline
+// (Latchkey-Deadline, which service.Call sends) it is refused.
+func TestLateDeliveryIsNotCarriedOut(t *testing.T) {
+	s := natstest.Server(t)
+	var ran atomic.Int64
+	svcConn := natstest.Connect(t, s.ClientURL())
+	svc, err := service.Start(svcConn, service.Config{Name: "latchkey-test", Version: "0.0.1"}, service.Endpoint{
+		Name: "count", Subject: "t.count",
+		Func: func(ctx context.Context, r *service.Request) (proto.Message, error) {
+			ran.Add(1)
+			return &pb.GetResponse{}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	p, err := tcpproxy.To(strings.TrimPrefix(s.ClientURL(), "nats://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	nc, err := nats.Connect("nats://"+p.Addr(), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+
+	for _, tc := range []struct {
+		name     string
+		call     func(ctx context.Context) error
+		wantRuns int64
+	}{
+		{"timeout header only", func(ctx context.Context) error {
+			m := &nats.Msg{Subject: "t.count", Header: nats.Header{service.HeaderTimeout: {"5000"}}}
+			_, err := nc.RequestMsgWithContext(ctx, m)
+			return err
+		}, 1},
+		{"service.Call with its deadline", func(ctx context.Context) error {
+			return service.Call(ctx, nc, "t.count", nil, &pb.GetRequest{Key: "k"}, &pb.GetResponse{})
+		}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := ran.Load()
+			p.Cut(true)
+			for !nc.IsReconnecting() {
+				time.Sleep(time.Millisecond)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			err := tc.call(ctx)
+			cancel()
+			if err == nil {
+				t.Fatal("a call over a cut link was answered")
+			}
+			time.Sleep(2 * service.ClockAllowance) // the deadline passes by more than the allowance
+			p.Cut(false)
+			if err := nc.FlushTimeout(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			// The late request was delivered before this fresh call (the
+			// reconnect buffer is flushed first); each runs on its own
+			// goroutine, so give the late one a moment to show.
+			if err := service.Call(context.Background(), nc, "t.count", nil, &pb.GetRequest{Key: "k"}, &pb.GetResponse{}); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(200 * time.Millisecond); time.Now().Before(deadline) && ran.Load()-before-1 < tc.wantRuns; {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if got := ran.Load() - before - 1; got != tc.wantRuns {
+				t.Fatalf("the late request ran %d times, want %d", got, tc.wantRuns)
+			}
+		})
 	}
 }

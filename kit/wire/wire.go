@@ -30,6 +30,38 @@ import (
 // a service stops working on a request nobody waits for any more.
 const HeaderTimeout = "Latchkey-Timeout-Ms"
 
+// HeaderDeadline carries the caller's deadline itself, as Unix milliseconds
+// on the caller's clock. A request can reach a service long after it was
+// sent: a client reconnecting holds its publishes in nats.go's reconnect
+// buffer, a paused server holds what it had received. Timed from arrival,
+// such a request would start fresh work nobody waits for, and a put whose
+// caller saw a timeout would land after, and over, the writes that came
+// next. A service refuses a request that arrives past this instant
+// (kit/service), so late delivery cannot reorder a caller's writes.
+const HeaderDeadline = "Latchkey-Deadline"
+
+// SetDeadline writes ctx's deadline, if it has one, into hdr: as the
+// remaining time (HeaderTimeout) and as the instant (HeaderDeadline).
+func SetDeadline(ctx context.Context, hdr nats.Header) {
+	if dl, ok := ctx.Deadline(); ok {
+		hdr.Set(HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
+		hdr.Set(HeaderDeadline, strconv.FormatInt(dl.UnixMilli(), 10))
+	}
+}
+
+// RequestDeadline returns the instant a request's HeaderDeadline names.
+func RequestDeadline(hdr nats.Header) (time.Time, bool) {
+	v := hdr.Get(HeaderDeadline)
+	if v == "" {
+		return time.Time{}, false
+	}
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
+}
+
 // Call sends a protobuf request on subject and decodes the reply into resp.
 // Error replies come back as *apierr.Error; a subject nobody serves and a
 // timeout are ErrUnavailable, so callers can tell "retry" from "wrong".
@@ -50,9 +82,7 @@ func CallWith(ctx context.Context, tr trace.Tracer, nc *nats.Conn, subject strin
 	if hdr == nil {
 		hdr = nats.Header{}
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		hdr.Set(HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
-	}
+	SetDeadline(ctx, hdr)
 	ctx, span := StartClient(ctx, tr, subject, operation(subject), hdr)
 	reply, err := nc.RequestMsgWithContext(ctx, &nats.Msg{Subject: subject, Header: hdr, Data: data})
 	if err != nil {

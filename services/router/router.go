@@ -26,6 +26,7 @@ import (
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/kit/telemetry"
+	"github.com/latchkey/latchkey/kit/wire"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
@@ -239,9 +240,7 @@ func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message,
 	for k, v := range hdr {
 		msg.Header[k] = v
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		msg.Header.Set(service.HeaderTimeout, strconv.FormatInt(time.Until(dl).Milliseconds(), 10))
-	}
+	wire.SetDeadline(ctx, msg.Header)
 	// The shard's span is the child of this hop's CLIENT span, which is
 	// the child of the router's own span: the trace shows the router even
 	// when the caller sent no trace context.
