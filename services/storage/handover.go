@@ -141,15 +141,41 @@ func (sh *shard) settle(ctx context.Context, seq uint64) error {
 	return nil
 }
 
-// postCheck runs after a create (a write conditioned on "no message")
-// was stored at seq: if an ownership record that disowns key precedes it,
-// the shard may already have handed the key's buckets over, so the write
-// is answered 503 handover (it stays an orphan nobody serves).
-func (sh *shard) postCheck(ctx context.Context, key string, seq uint64) error {
+// isOrphan reports whether the message at seq with headers h, applied in
+// stream order, is an orphan: the key is not this shard's under the last
+// ownership record, the message is newer than the record, and it is a
+// create (conditioned on "no message") or a write conditioned on an
+// orphan. Such writes were answered 503 (postCheck); they are never
+// served, listed or sent as events. (A view loaded from the last message
+// per key sees a write on an orphan without the orphan: it is then not
+// recognised, but reads and scans still refuse it, see verdict and scan.)
+func (sh *shard) isOrphan(key string, seq uint64, h nats.Header) bool {
+	o := sh.view.owner()
+	if o.owns(sh.id, key) || seq < o.seq {
+		return false
+	}
+	exp := h.Get(hdrExpectSubj)
+	if exp == "0" {
+		return true
+	}
+	prev := sh.view.lookup(key)
+	return prev.orphan && exp == formatUint(prev.seq)
+}
+
+// postCheck runs after a write conditioned on base was stored at seq,
+// when the writer's view had not applied base when it judged it (base 0,
+// "no message", always counts): an ownership record the view had not seen
+// may precede the write. If one disowns key and base is not older than it
+// (a create, or a write on a message stored after the record, which may
+// be an orphan), the shard may already have handed the key's buckets over
+// and the mover's last pass missed this write: it is answered 503 handover
+// and stays an orphan nobody serves. A write on a message older than the
+// record is safe: the mover's marker for the key is conditioned on it.
+func (sh *shard) postCheck(ctx context.Context, key string, base, seq uint64) error {
 	if err := sh.settle(ctx, seq); err != nil {
 		return err
 	}
-	if o := sh.view.owner(); !o.owns(sh.id, key) && o.seq < seq {
+	if o := sh.view.owner(); !o.owns(sh.id, key) && o.seq < seq && (base == 0 || base > o.seq) {
 		return sh.errHandover()
 	}
 	return nil

@@ -196,7 +196,7 @@ func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message,
 	if req.JSON {
 		budget /= 2 // base64 values and escaped keys grow in protojson
 	}
-	items, more := sh.view.scan(r.Prefix, r.After, limit, budget)
+	items, more := sh.view.scan(sh.id, r.Prefix, r.After, limit, budget)
 	return &pb.ScanResponse{Items: items, More: more}, nil
 }
 

@@ -206,11 +206,14 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	}
 	key, err := decodeKey(token)
 	moved := movedTo(h) != ""
-	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), moved, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
+	orphan := err == nil && !moved && sh.isOrphan(key, seq, h)
+	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), moved, orphan, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
 	if md.NumPending == 0 {
 		sh.view.caughtUp(seq)
 	}
-	sh.feed.observe(key, err == nil, seq, rev, md.Timestamp, h, m.Data())
+	// An orphan is never served, so it is no event either (the feed's
+	// position still moves past it).
+	sh.feed.observe(key, err == nil && !orphan, seq, rev, md.Timestamp, h, m.Data())
 }
 
 // monitor checks the view's contact with its stream by a barrier, marks
@@ -557,6 +560,9 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			}
 			continue
 		}
+		// What the view had applied when it judged cur: a base newer than
+		// that may follow an ownership record the view has not seen.
+		judgedAt := sh.view.appliedSeq()
 		if err := sh.verdict(w.key, cur, w.handover); err != nil {
 			// Decided on the stream's state only: a guess may be stale.
 			if !authoritative {
@@ -626,8 +632,8 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 				written.exp = sent.Add(time.Duration(jskv.CeilSeconds(w.ttlMs)) * time.Second).UnixNano()
 			}
 			sh.view.remember(w.key, written)
-			if cur.seq == 0 {
-				if err := sh.postCheck(ctx, w.key, ack.Sequence); err != nil {
+			if cur.seq == 0 || cur.seq > judgedAt {
+				if err := sh.postCheck(ctx, w.key, cur.seq, ack.Sequence); err != nil {
 					return writeResult{}, err
 				}
 			}
@@ -662,8 +668,8 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// twice; refusing a CAS would deny a write that happened.
 			sh.noteAcked(cur.seq)
 			sh.view.remember(w.key, cur)
-			if tried == 0 {
-				if err := sh.postCheck(ctx, w.key, cur.seq); err != nil {
+			if tried == 0 || tried > judgedAt {
+				if err := sh.postCheck(ctx, w.key, tried, cur.seq); err != nil {
 					return writeResult{}, err
 				}
 			}

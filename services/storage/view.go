@@ -25,14 +25,17 @@ type entry struct {
 	klen  uint16
 	live  bool
 	moved bool // a moved marker: the key was handed to another shard
+	// orphan: a create stored after an ownership record that disowns the
+	// key, or a write on one; answered 503 and never served (handover.go).
+	orphan bool
 }
 
-func newEntry(key string, seq, rev uint64, exp int64, live, moved bool, value []byte, fences string) entry {
+func newEntry(key string, seq, rev uint64, exp int64, live, moved, orphan bool, value []byte, fences string) entry {
 	kv := make([]byte, len(key)+len(fences)+len(value))
 	n := copy(kv, key)
 	n += copy(kv[n:], fences)
 	copy(kv[n:], value)
-	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live, moved: moved}
+	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live, moved: moved, orphan: orphan}
 }
 
 func (e *entry) key() []byte    { return e.kv[:e.klen] }
@@ -55,6 +58,7 @@ type base struct {
 	rev     uint64
 	marker  bool   // the server's own marker (an expiry): its rev is only a bound
 	moved   bool   // a moved marker (handover.go)
+	orphan  bool   // from the view only: see entry.orphan
 	movedTo string // the shard it names; from leader reads only
 	exp     int64  // unix nanos, server clock; 0 = never expires
 	writeID string // Latchkey-Write-Id of the message, from leader reads only
@@ -116,7 +120,7 @@ func newView() *view {
 // revision. Ordered consumers may deliver a message again after a reset;
 // older sequences are ignored. isKey is false for messages that are not
 // keys (scan barriers, floor records).
-func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, moved bool, exp int64, live bool, value []byte, fences string) uint64 {
+func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, moved, orphan bool, exp int64, live bool, value []byte, fences string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
@@ -127,7 +131,7 @@ func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, mov
 			if moved {
 				value = nil // the marker's copy of the value is the mover's, not the view's
 			}
-			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, moved, value, fences))
+			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, moved, orphan, value, fences))
 			if found && old.live {
 				v.live--
 			}
@@ -194,7 +198,7 @@ func (v *view) lookup(key string) base {
 	if !ok {
 		return base{}
 	}
-	b := base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, moved: e.moved, fences: e.fences()}
+	b := base{seq: e.seq, rev: e.rev, exp: e.exp, live: e.live, moved: e.moved, orphan: e.orphan, fences: e.fences()}
 	if e.live {
 		b.value = e.value()
 	}
@@ -343,7 +347,11 @@ func (v *view) keyChanged(key string, seq uint64) (<-chan struct{}, func()) {
 // scan returns up to limit live keys with prefix that sort after after,
 // keeping the page under budget bytes (at least one item), and whether
 // more such keys follow.
-func (v *view) scan(prefix, after string, limit, budget int) (items []*pb.Item, more bool) {
+//
+// self is the shard's id: a key the last ownership record gives away is
+// listed only from a message older than the record (handover.go), so an
+// orphan is never listed.
+func (v *view) scan(self, prefix, after string, limit, budget int) (items []*pb.Item, more bool) {
 	start := prefix
 	if after > start {
 		start = after
@@ -357,7 +365,7 @@ func (v *view) scan(prefix, after string, limit, budget int) (items []*pb.Item, 
 		if !bytes.HasPrefix(k, pfx) {
 			return false
 		}
-		if !e.live || string(k) == after {
+		if !e.live || string(k) == after || (!v.own.owns(self, string(k)) && e.seq > v.own.seq) {
 			return true
 		}
 		n := len(e.kv) + 24
