@@ -65,11 +65,10 @@ func start(t *testing.T, o procs.Options) *procs.Deployment {
 // paused lock holder, with sync_interval always. Any violation,
 // inconclusive check or fault that could not be injected fails it.
 //
-// Power cuts are not in this run: after one, a linearizable get has
-// once returned a value 19 s old (docs/CORRECTNESS.md, "Findings of the
-// process faults"), which is open; until it is fixed, a CI run that cuts
-// power would fail on it now and then. TestPowerLossSyncAlways and
-// LATCHKEY_PROCS_POWER=1 (this run with power cuts) exercise them.
+// Power cuts are opt-in here (LATCHKEY_PROCS_POWER=1; TestPowerLossSyncAlways
+// too): they were left out while a stale read seen after one looked tied
+// to them (it was a view skipping deleted messages, fixed in storage), and
+// have not been rerun often enough since to gate CI on.
 func TestProcessFaults(t *testing.T) {
 	powerLoss := os.Getenv("LATCHKEY_PROCS_POWER") == "1"
 	if _, err := os.Stat("/dev/fuse"); powerLoss && err != nil {
