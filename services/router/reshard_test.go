@@ -52,7 +52,7 @@ func newReshardEnv(t *testing.T) *reshardEnv {
 			t.Fatal(err)
 		}
 	}
-	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3"}, Logger: quiet})
+	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3", "4", "5"}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func (e *reshardEnv) streamMsgs(shard string) uint64 {
 	return st.CachedInfo().State.Msgs
 }
 
-// TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 3 shards, then
+// TestReshardKeepsEveryKey moves a loaded store 3 -> 4 -> 6 -> 3 shards, then
 // starts 3 -> 4 again and aborts it mid-move, and moves to 4 after all, while
 // CAS writers increment counters, then checks: every acknowledged
 // increment is there exactly once (a counter equals its successful CASes),
@@ -246,6 +246,8 @@ func TestReshardKeepsEveryKey(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2", "3")
+	time.Sleep(200 * time.Millisecond)
+	e.move("0", "1", "2", "3", "4", "5")
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2")
 	// Enough keys that the next move outlasts the abort's round trip.
