@@ -239,6 +239,14 @@ func (mv *mover) giveBack(ctx context.Context, m *pb.ShardMap) error {
 	mv.log.Info("moving keys back after an abort", "shards", A, "from", B)
 	var back []string
 	for t := range gains {
+		// A new shard whose bucket was never created (the move waited for
+		// its storage) received nothing.
+		if _, err := mv.js.Stream(ctx, mv.stream(t)); errors.Is(err, jetstream.ErrStreamNotFound) {
+			delete(gains, t)
+			continue
+		} else if err != nil {
+			return err
+		}
 		back = append(back, t)
 	}
 	bound, err := mv.revisionBound(ctx, back)

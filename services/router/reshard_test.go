@@ -381,3 +381,48 @@ func TestReshardResumesAfterMarkerBeforeCopy(t *testing.T) {
 		t.Fatalf("the key is owned by %s after the move, want 3", owner)
 	}
 }
+
+// TestReshardAbortWhileShardUnserved aborts a move whose new shard no
+// storage instance serves (the move waits, reason shard_unserved): the
+// abort must complete (returned) and the set must accept the next move.
+func TestReshardAbortWhileShardUnserved(t *testing.T) {
+	e := newReshardEnv(t)
+	cur := &pb.ShardsGetResponse{}
+	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.call(router.AdminShardsSet, &pb.ShardsSetRequest{Shards: []string{"0", "1", "2", "7"}, ExpectedEpoch: cur.Epoch}, &pb.ShardsSetResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := &pb.ShardsGetResponse{}
+		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Move.GetReason() == string(apierr.ReasonShardUnserved) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no shard_unserved while shard 7 has no storage: %v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := e.call(router.AdminShardsAbort, &pb.ShardsAbortRequest{ExpectedEpoch: cur.Epoch}, &pb.ShardsAbortResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		got := &pb.ShardsGetResponse{}
+		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
+			t.Fatal(err)
+		}
+		if got.Move.GetReturned() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the abort did not complete: %v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.move("0", "1", "2", "3")
+}
