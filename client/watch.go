@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,8 +127,13 @@ type Watcher struct {
 }
 
 type shardFeed struct {
-	seq     uint64 // last event seq received in order
-	rev     uint64 // highest revision delivered (per shard, revisions only grow)
+	seq uint64 // last event seq received in order
+	// pos is the highest shard stream position delivered (an event
+	// cursor's sequence): a resumed feed replays from an older cursor, and
+	// what it replays up to pos was delivered already. Not the revision: a
+	// key keeps its revision when a move copies it to another shard, so a
+	// shard's revisions do not grow with its stream.
+	pos     uint64
 	cursor  string
 	heard   time.Time
 	initial bool // INITIAL_DONE seen
@@ -239,7 +245,7 @@ func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial,
 		}
 		sf := &shardFeed{cursor: cur, heard: now, initial: !initial && !catchUpDone}
 		if o, ok := old[id]; ok {
-			sf.rev = o.rev
+			sf.pos = o.pos
 			sf.initial = sf.initial || o.initial
 		}
 		w.shards[id] = sf
@@ -356,11 +362,12 @@ func (w *Watcher) accept(ev *pb.WatchEvent, initialSent *bool) (*Event, string) 
 	default:
 		return nil, ""
 	}
-	if ev.Revision <= s.rev {
+	p := cursorSeq(ev.Cursor)
+	if p <= s.pos {
 		s.cursor = ev.Cursor // already delivered before a resume
 		return nil, ""
 	}
-	s.rev = ev.Revision
+	s.pos = p
 	return &Event{Type: t, Key: ev.Key, Value: ev.Value, Revision: ev.Revision, Shard: ev.Shard}, ""
 }
 
@@ -405,8 +412,8 @@ func (w *Watcher) resume(ctx context.Context, why string) error {
 	}
 	w.mu.Unlock()
 	// An interrupted snapshot continues from each shard's cursor (a
-	// snapshot event's cursor is its revision, and the snapshot is sorted
-	// by revision), ending with INITIAL_DONE again.
+	// snapshot event's cursor is its stream position, and the snapshot is
+	// in stream order), ending with INITIAL_DONE again.
 	catchUpDone := !initialDone
 	for wait := 100 * time.Millisecond; ; wait = min(wait*2, 2*time.Second) {
 		err := w.start(ctx, cursors, false, catchUpDone)
@@ -470,4 +477,12 @@ func (w *Watcher) keepalive(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// cursorSeq is the stream position in a cursor ("<seq>-<unix_ms>", API.md
+// "Watch"); 0 for one it cannot read.
+func cursorSeq(c string) uint64 {
+	a, _, _ := strings.Cut(c, "-")
+	n, _ := strconv.ParseUint(a, 10, 64)
+	return n
 }
