@@ -22,9 +22,13 @@ import (
 
 // Options configures the services of a suite.
 type Options struct {
-	Prefix   string // subject prefix; "" = latchkey
-	Shards   int    // number of shards, "0".."N-1"; 0 = 3
-	Replicas int    // JetStream replicas of every bucket; 0 = 1 (3 on a cluster)
+	Prefix string // subject prefix; "" = latchkey
+	Shards int    // number of shards, "0".."N-1"; 0 = 3
+	// StorageShards, if above Shards, is how many shard ids storage serves
+	// ("0".."StorageShards-1"): the extra ones are ready for a move that
+	// adds them (latchkey check --reshard).
+	StorageShards int
+	Replicas      int // JetStream replicas of every bucket; 0 = 1 (3 on a cluster)
 	// Logger receives the services' logs, each with a component attribute;
 	// nil discards them.
 	Logger *slog.Logger
@@ -93,7 +97,7 @@ func StartInstance(ctx context.Context, kind Kind, nc, events *nats.Conn, o Opti
 	var err error
 	switch kind {
 	case Storage:
-		in.Storage, err = storage.Start(ctx, nc, storage.Config{Prefix: o.Prefix, Shards: ShardIDs(o.Shards), Replicas: o.Replicas,
+		in.Storage, err = storage.Start(ctx, nc, storage.Config{Prefix: o.Prefix, Shards: ShardIDs(max(o.Shards, o.StorageShards)), Replicas: o.Replicas,
 			EventConn: events, Logger: log, Unsafe: o.StorageUnsafe})
 		if err == nil {
 			in.stop = in.Storage.Stop

@@ -39,11 +39,15 @@ const (
 
 // Options configures a deployment.
 type Options struct {
-	Dir       string // JetStream data; required
-	Prefix    string // subject prefix; "" = latchkey
-	Shards    int    // default 3
-	Instances int    // of each service; default 2
-	Logger    *slog.Logger
+	Dir    string // JetStream data; required
+	Prefix string // subject prefix; "" = latchkey
+	Shards int    // default 3
+	// SpareShards more shard ids ("Shards".."Shards+SpareShards-1") are
+	// served by every storage instance but not in the map: a move
+	// (latchkey check --reshard) may add them.
+	SpareShards int
+	Instances   int // of each service; default 2
+	Logger      *slog.Logger
 	// ClientTimeout is the default timeout of the clients Connect makes.
 	ClientTimeout time.Duration
 	// StorageUnsafe and LockerUnsafe switch safety checks of every storage
@@ -136,7 +140,8 @@ func (d *Deployment) start(ctx context.Context, kind string, i int) (*instance, 
 			return nil, err
 		}
 	}
-	in, err := suite.StartInstance(ctx, suite.Kind(kind), nc, ev, suite.Options{Prefix: d.o.Prefix, Shards: d.o.Shards, Replicas: 3,
+	in, err := suite.StartInstance(ctx, suite.Kind(kind), nc, ev, suite.Options{Prefix: d.o.Prefix, Shards: d.o.Shards,
+		StorageShards: d.o.Shards + d.o.SpareShards, Replicas: 3,
 		Logger: d.o.Logger, StorageUnsafe: d.o.StorageUnsafe, LockerUnsafe: d.o.LockerUnsafe}, "instance", i)
 	if err != nil {
 		if ev != nil {

@@ -15,7 +15,10 @@ import (
 	"github.com/latchkey/latchkey/check/powerloss"
 	"github.com/latchkey/latchkey/check/procs"
 	"github.com/latchkey/latchkey/client"
+	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 )
 
 func checkCmd(ctx context.Context, args []string) error {
@@ -59,6 +62,7 @@ See docs/CORRECTNESS.md.`)
 	workDir := fs.String("work-dir", "", "with --faults processes: keep data, configs and process logs in this directory (default: a temporary one, removed)")
 	watch := fs.Bool("watch", false, "also follow the namespace with a watch and check its events (per key in revision order, covering every acknowledged change)")
 	history := fs.String("history", "", "write every recorded operation to this file as JSON lines")
+	reshard := fs.Bool("reshard", false, "also move the shard set back and forth (one more shard, then back) between faults, as admin: with --in-process, or against --server (latchkey dev serves a new shard id by itself)")
 	composeProject := fs.String("compose", "", "inject docker kill, pause and network disconnect faults into the containers of this Docker Compose project (deploy/compose); traffic goes to --server with the global credentials flags")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -90,6 +94,9 @@ See docs/CORRECTNESS.md.`)
 		*inProcess = true
 	default:
 		return usagef("--faults: want processes or in-process, not %q", *faults)
+	}
+	if *reshard && (*faults == "processes" || *composeProject != "") {
+		return usagef("--reshard: with --in-process or --server; the process and compose deployments do not serve a spare shard id yet")
 	}
 	var lost func() powerloss.Lost
 	if *faults == "processes" {
@@ -134,7 +141,11 @@ See docs/CORRECTNESS.md.`)
 		}
 		defer os.RemoveAll(dir)
 		fmt.Fprintf(os.Stderr, "starting an in-process 3-node cluster with 2 instances of every service\n")
-		d, err := inproc.Start(ctx, inproc.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout})
+		o := inproc.Options{Dir: dir, Prefix: global.prefix, ClientTimeout: *opTimeout}
+		if *reshard {
+			o.SpareShards = 1
+		}
+		d, err := inproc.Start(ctx, o)
 		if err != nil {
 			return fmt.Errorf("starting the in-process deployment: %w", err)
 		}
@@ -142,6 +153,15 @@ See docs/CORRECTNESS.md.`)
 		cfg.Connect = d.Connect
 		if !*noFaults {
 			cfg.Injector, cfg.PauseHolder = d, true
+		}
+		if *reshard {
+			c, err := d.Connect(ctx, 0)
+			if err != nil {
+				return err
+			}
+			if err := addResharder(ctx, &cfg, c.Conn()); err != nil {
+				return err
+			}
 		}
 	} else {
 		if *composeProject != "" {
@@ -179,6 +199,16 @@ See docs/CORRECTNESS.md.`)
 			return client.New(nc, client.WithPrefix(global.prefix), client.WithTimeout(*opTimeout)), nil
 		}
 	}
+	if *reshard && !*inProcess {
+		nc, err := nats.Connect(global.server, connectOptions("latchkey-check-admin")...)
+		if err != nil {
+			return &unreachableError{server: global.server, err: err}
+		}
+		defer nc.Close()
+		if err := addResharder(ctx, &cfg, nc); err != nil {
+			return err
+		}
+	}
 	rep, err := check.Run(ctx, cfg)
 	if rep != nil {
 		rep.Print(os.Stdout)
@@ -192,4 +222,25 @@ See docs/CORRECTNESS.md.`)
 		return fmt.Errorf("%w (seed %d)", err, *seed)
 	}
 	return err
+}
+
+// addResharder adds shard moves to cfg's faults, driven through nc (which
+// must be allowed latchkey.admin.>).
+func addResharder(ctx context.Context, cfg *check.Config, nc *nats.Conn) error {
+	subj := subjects.New(global.prefix)
+	call := func(ctx context.Context, endpoint string, req, resp proto.Message) error {
+		return service.Call(ctx, nc, subj.Public("admin.shards."+endpoint), nil, req, resp)
+	}
+	r, err := check.NewResharder(ctx, call)
+	if err != nil {
+		return err
+	}
+	sets := r.Sets()
+	fmt.Fprintf(os.Stderr, "resharding between %v and %v\n", sets[0], sets[1])
+	if cfg.Injector == nil {
+		cfg.Injector = r
+	} else {
+		cfg.Injector = check.Combine(cfg.Injector, r)
+	}
+	return nil
 }
