@@ -21,10 +21,9 @@ func (r Reason) Kind() error { return reasonKinds[r] }
 // The reasons of 400 replies (ErrInvalid).
 const (
 	ReasonMalformedBody Reason = "malformed_body" // the body does not decode as the request type
-	// ReasonEncode: the caller could not encode its own request. The
-	// router still answers its own failure to encode a shard request with
-	// it as a 500 (services/router/router.go); that site should move to
-	// ReasonInternal, or Errorf would make it a 400.
+	// ReasonEncode: the caller could not encode its own request (the
+	// client's side; a service that cannot encode its own shard request
+	// answers ReasonInternal, a 500).
 	ReasonEncode             Reason = "encode"
 	ReasonEmptyKey           Reason = "empty_key"           // key is ""
 	ReasonInvalidKey         Reason = "invalid_key"         // key is not valid UTF-8

@@ -234,7 +234,7 @@ func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message,
 	subject := s.subj.Shard(id, op)
 	data, err := proto.Marshal(in)
 	if err != nil {
-		return apierr.New(apierr.ErrInternal, "encode", "cannot encode the shard request: %v", err)
+		return apierr.Errorf(apierr.ReasonInternal, "cannot encode the shard request: %v", err)
 	}
 	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	for k, v := range hdr {
@@ -247,25 +247,24 @@ func (s *Server) call(ctx context.Context, id, op string, in, out proto.Message,
 	ctx, span := telemetry.StartClient(ctx, subject, op, msg.Header)
 	span.SetAttributes(telemetry.AttrShard.String(id))
 	err = s.request(ctx, msg, id, out)
-	code := 200
-	if err != nil {
-		code = apierr.From(err).Code()
-	}
-	telemetry.End(span, code, err)
+	telemetry.End(span, apierr.Code(err), err)
 	return err
 }
 
 func (s *Server) request(ctx context.Context, msg *nats.Msg, id string, out proto.Message) error {
 	reply, err := s.nc.RequestMsgWithContext(ctx, msg)
+	if err == nil {
+		return service.DecodeReply(reply, out)
+	}
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
-		return apierr.Unavailable("shard_unavailable", "shard %s is unavailable: no storage instance serves it", id)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return apierr.Unavailable("shard_timeout", "shard %s did not answer in time", id)
-	case err != nil:
-		return service.TransportError(msg.Subject, err)
+		return apierr.Errorf(apierr.ReasonShardUnavailable, "shard %s is unavailable: no storage instance serves it", id)
+	// From is the one place that says a passed deadline is a timeout; a
+	// shard's is shard_timeout, so the caller sees which hop ran out.
+	case errors.Is(apierr.From(err), apierr.ReasonTimeout), errors.Is(err, nats.ErrTimeout):
+		return apierr.Errorf(apierr.ReasonShardTimeout, "shard %s did not answer in time", id)
 	}
-	return service.DecodeReply(reply, out)
+	return service.TransportError(msg.Subject, err)
 }
 
 // scanSlack keeps a merged scan page this far under the server's
@@ -286,7 +285,7 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 	if route.target != nil {
 		// A key between its old and its new shard is on neither for a
 		// publish round trip; a page merged across both could miss it.
-		return nil, apierr.Unavailable(apierr.ReasonHandover, "scans wait while the shard set changes (epoch %d); retry", route.epoch)
+		return nil, apierr.Errorf(apierr.ReasonHandover, "scans wait while the shard set changes (epoch %d); retry", route.epoch)
 	}
 	shards := route.hash.Shards()
 
@@ -303,7 +302,7 @@ func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, e
 		wg.Go(func() {
 			err := s.call(ctx, id, "scan", in, pages[i], s.epochHeader(nil))
 			if err == nil && pages[i].More && len(pages[i].Items) == 0 {
-				err = apierr.New(apierr.ErrInternal, "bad_shard_page", "shard %s answered a scan with more=true and no items", id)
+				err = apierr.Errorf(apierr.ReasonBadShardPage, "shard %s answered a scan with more=true and no items", id)
 			}
 			if err != nil {
 				once.Do(func() { firstErr = err; cancel() })

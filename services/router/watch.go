@@ -41,10 +41,10 @@ func (s *Server) watchEndpoints() []service.Endpoint {
 // checkWatch applies the contract's rules to a watch request.
 func checkWatch(in *pb.WatchRequest, shards []string) error {
 	if in.Prefix != "" && in.Key != "" {
-		return apierr.Invalid("prefix_and_key", "a watch takes a prefix or a key, not both")
+		return apierr.Errorf(apierr.ReasonPrefixAndKey, "a watch takes a prefix or a key, not both")
 	}
 	if in.Initial && len(in.Cursors) > 0 {
-		return apierr.Invalid("initial_with_cursors", "initial and cursors exclude each other: a resume continues, initial starts over")
+		return apierr.Errorf(apierr.ReasonInitialWithCursors, "initial and cursors exclude each other: a resume continues, initial starts over")
 	}
 	if err := watchspec.ValidDeliver(in.Deliver); err != nil {
 		return err
@@ -55,7 +55,7 @@ func checkWatch(in *pb.WatchRequest, shards []string) error {
 		}
 	}
 	if len(in.Prefix) > limits.MaxKeyBytes {
-		return apierr.TooLarge("prefix_too_large", "prefix is %d bytes; at most %d", len(in.Prefix), limits.MaxKeyBytes)
+		return apierr.Errorf(apierr.ReasonWatchPrefixLarge, "prefix is %d bytes; at most %d", len(in.Prefix), limits.MaxKeyBytes)
 	}
 	known := map[string]bool{}
 	for _, id := range shards {
@@ -63,7 +63,7 @@ func checkWatch(in *pb.WatchRequest, shards []string) error {
 	}
 	for id, c := range in.Cursors {
 		if !known[id] {
-			return apierr.Invalid("unknown_shard", "cursors name shard %q, which is not in the shard map %v", id, shards)
+			return apierr.Errorf(apierr.ReasonUnknownShard, "cursors name shard %q, which is not in the shard map %v", id, shards)
 		}
 		if _, _, err := watchspec.ParseCursor(c); err != nil {
 			return err
@@ -114,8 +114,8 @@ func (s *Server) watch(ctx context.Context, r *service.Request) (proto.Message, 
 		// timeout.
 		s.control(context.Background(), id, subjects.WatchOpCancel, &pb.WatchCancelRequest{WatchId: id}, 0)
 		var ae *apierr.Error
-		if errors.As(firstErr, &ae) && ae.Reason == "shard_unavailable" {
-			return nil, apierr.Unavailable("shard_unavailable", "%s (or none of its instances serves watches)", ae.Message)
+		if errors.As(firstErr, &ae) && ae.Reason == string(apierr.ReasonShardUnavailable) {
+			return nil, apierr.Errorf(apierr.ReasonShardUnavailable, "%s (or none of its instances serves watches)", ae.Message)
 		}
 		return nil, firstErr
 	}
@@ -128,7 +128,7 @@ func (s *Server) watchKeepalive(ctx context.Context, r *service.Request) (proto.
 		return nil, err
 	}
 	if !watchspec.ValidWatchID(in.WatchId) {
-		return nil, apierr.Invalid("invalid_watch_id", "watch_id %q is not one latchkey hands out", in.WatchId)
+		return nil, apierr.Errorf(apierr.ReasonInvalidWatchID, "watch_id %q is not one latchkey hands out", in.WatchId)
 	}
 	shards := s.route.Load().hash.Shards()
 	got := s.control(ctx, in.WatchId, subjects.WatchOpKeepalive, in, len(shards))
@@ -139,7 +139,7 @@ func (s *Server) watchKeepalive(ctx context.Context, r *service.Request) (proto.
 		}
 	}
 	if len(missing) > 0 {
-		return nil, apierr.New(apierr.ErrNotFound, "watch_gone",
+		return nil, apierr.Errorf(apierr.ReasonWatchGone,
 			"watch %s is gone on shard(s) %s (cancelled, timed out, or its storage instance stopped): resume from your cursors",
 			in.WatchId, strings.Join(missing, ","))
 	}
@@ -152,7 +152,7 @@ func (s *Server) watchCancel(ctx context.Context, r *service.Request) (proto.Mes
 		return nil, err
 	}
 	if !watchspec.ValidWatchID(in.WatchId) {
-		return nil, apierr.Invalid("invalid_watch_id", "watch_id %q is not one latchkey hands out", in.WatchId)
+		return nil, apierr.Errorf(apierr.ReasonInvalidWatchID, "watch_id %q is not one latchkey hands out", in.WatchId)
 	}
 	s.control(ctx, in.WatchId, subjects.WatchOpCancel, in, len(s.route.Load().hash.Shards()))
 	return &pb.WatchCancelResponse{}, nil

@@ -78,11 +78,11 @@ func parseFences(h string) (fences, error) {
 	}
 	raw, err := base64.StdEncoding.DecodeString(h)
 	if err != nil {
-		return nil, apierr.New(apierr.ErrInternal, "bad_fences", "stored fences header is not base64: %v", err)
+		return nil, apierr.Errorf(apierr.ReasonBadFences, "stored fences header is not base64: %v", err)
 	}
 	fs := &pb.FenceSet{}
 	if err := proto.Unmarshal(raw, fs); err != nil {
-		return nil, apierr.New(apierr.ErrInternal, "bad_fences", "stored fences header is not a FenceSet: %v", err)
+		return nil, apierr.Errorf(apierr.ReasonBadFences, "stored fences header is not a FenceSet: %v", err)
 	}
 	return fs.Tokens, nil
 }
@@ -111,7 +111,7 @@ func checkFence(stored string, f *pb.Fence, bounded bool) (string, error) {
 		return "", err
 	}
 	if cur := fs[f.Lock]; cur > f.Token {
-		return "", apierr.Conflict("stale_fence",
+		return "", apierr.Errorf(apierr.ReasonStaleFence,
 			"stale fence: the key was written under token %d of lock %q, newer than token %d", cur, f.Lock, f.Token)
 	} else if cur == f.Token {
 		return stored, nil
@@ -123,7 +123,7 @@ func checkFence(stored string, f *pb.Fence, bounded bool) (string, error) {
 	next[f.Lock] = f.Token
 	h := formatFences(next)
 	if _, known := fs[f.Lock]; bounded && !known && (len(next) > MaxFenceLocks || len(h) > MaxFenceHeaderBytes) {
-		return "", apierr.Conflict("too_many_fences",
+		return "", apierr.Errorf(apierr.ReasonTooManyFences,
 			"too many fences: the key already carries fences of %d locks (%d bytes); at most %d locks and %d bytes are kept, "+
 				"so a write fenced by a new lock is refused (unfenced writes and the locks it carries still work)",
 			len(fs), len(stored), MaxFenceLocks, MaxFenceHeaderBytes)

@@ -83,17 +83,9 @@ func (sh *shard) instrument(op string, fn service.Func) service.Func {
 		span := trace.SpanFromContext(ctx)
 		span.SetAttributes(telemetry.AttrShard.String(sh.id))
 		resp, err := fn(ctx, req)
-		code := 200
-		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				code = 503
-			} else {
-				code = apierr.From(err).Code()
-			}
-			var ae *apierr.Error
-			if errors.As(err, &ae) && ae.Reason == "stale_fence" {
-				fenceRejections.WithLabelValues(sh.id).Inc()
-			}
+		code := apierr.Code(err)
+		if errors.Is(err, apierr.ReasonStaleFence) {
+			fenceRejections.WithLabelValues(sh.id).Inc()
 		}
 		if rv, ok := resp.(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
 			span.SetAttributes(telemetry.AttrRevision.Int64(int64(rv.GetRevision())))

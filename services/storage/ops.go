@@ -60,7 +60,7 @@ func DecodeRequest(op string, data []byte, asJSON bool, maxValue int) (proto.Mes
 	case OpScan:
 		m = &pb.ScanRequest{}
 	default:
-		return nil, apierr.Invalid("unknown_op", "unknown shard operation %q", op)
+		return nil, apierr.Errorf(apierr.ReasonUnknownOp, "unknown shard operation %q", op)
 	}
 	if err := codec.Decode(data, asJSON, m); err != nil {
 		return nil, err
@@ -88,7 +88,7 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 	handover := isHandover(req)
 	if r.Consistency == pb.Consistency_CONSISTENCY_STALE {
 		if !sh.healthy.Load() || sh.lagging() {
-			return nil, apierr.Unavailable("view_stale",
+			return nil, apierr.Errorf(apierr.ReasonViewStale,
 				"shard %s: this instance's view is behind its stream; stale reads are refused until it catches up", sh.id)
 		}
 		return sh.answerFromView(r.Key, handover)
@@ -99,8 +99,7 @@ func (sh *shard) get(ctx context.Context, req *service.Request) (proto.Message, 
 		return resp, err
 	}
 	b, point, err := sh.confirmedRead(ctx, r.Key)
-	var ae *apierr.Error
-	if errors.As(err, &ae) && ae.Reason == "contention" {
+	if errors.Is(err, apierr.ReasonContention) {
 		// The key kept changing between read and confirmation: a barrier
 		// behind the view proves a cut that does not depend on the key.
 		if err = sh.sync(ctx); err != nil {

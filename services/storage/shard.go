@@ -311,7 +311,7 @@ func (sh *shard) sync(ctx context.Context) error {
 		case sh.kick <- struct{}{}:
 		default:
 		}
-		return apierr.Unavailable("view_behind", "shard %s: the view did not catch up with the stream in time", sh.id)
+		return apierr.Errorf(apierr.ReasonViewBehind, "shard %s: the view did not catch up with the stream in time", sh.id)
 	}
 	return nil
 }
@@ -400,7 +400,7 @@ func (b *barrier) get(ctx context.Context) (uint64, error) {
 	case <-f.done:
 		return f.seq, f.err
 	case <-ctx.Done():
-		return 0, apierr.Unavailable("timeout", "scan barrier not acknowledged in time")
+		return 0, apierr.Errorf(apierr.ReasonTimeout, "scan barrier not acknowledged in time")
 	}
 }
 
@@ -492,21 +492,21 @@ func (w *write) plan(cur base, unsafe Unsafe) (fencesHdr string, skip bool, err 
 	if w.ttlMs > 0 && cur.fences != "" && !unsafe.AllowFencedTTL {
 		// The expiry marker would carry no fences: a holder of an older
 		// token could then write the key again.
-		return "", false, apierr.Conflict("fenced_key_ttl",
+		return "", false, apierr.Errorf(apierr.ReasonFencedKeyTTL,
 			"the key carries fences (it was written under a lock), so it cannot take a TTL: its expiry would erase them")
 	}
 	if w.expected != nil {
 		exp := *w.expected
 		if exp == 0 && cur.live {
-			return "", false, apierr.Conflict("revision_mismatch",
+			return "", false, apierr.Errorf(apierr.ReasonRevisionMismatch,
 				"revision mismatch: expected the key to be absent, it is at revision %d", cur.rev)
 		}
 		if exp != 0 && (!cur.live || cur.rev != exp) {
 			if !cur.live {
-				return "", false, apierr.Conflict("revision_mismatch",
+				return "", false, apierr.Errorf(apierr.ReasonRevisionMismatch,
 					"revision mismatch: expected revision %d, the key is absent", exp)
 			}
-			return "", false, apierr.Conflict("revision_mismatch",
+			return "", false, apierr.Errorf(apierr.ReasonRevisionMismatch,
 				"revision mismatch: expected revision %d, the key is at %d", exp, cur.rev)
 		}
 	}
@@ -524,7 +524,7 @@ func (w *write) plan(cur base, unsafe Unsafe) (fencesHdr string, skip bool, err 
 func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 	unlock, err := sh.locks.lock(ctx, w.key)
 	if err != nil {
-		return writeResult{}, apierr.Unavailable("timeout", "shard %s: write queued too long", sh.id)
+		return writeResult{}, apierr.Errorf(apierr.ReasonTimeout, "shard %s: write queued too long", sh.id)
 	}
 	defer unlock()
 	subj := sh.subjPfx + encodeKey(w.key)
@@ -682,7 +682,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			// and has been replaced since; a message written on unsureBase
 			// itself proves it was not (nor can it be any more).
 			if cur.after != strconv.FormatUint(unsureBase, 10) {
-				return writeResult{}, apierr.Unavailable(apierr.ReasonJetStreamWrite,
+				return writeResult{}, apierr.Errorf(apierr.ReasonJetStreamWrite,
 					"shard %s: the write's outcome is unknown: JetStream refused it in a way that does not rule out that it was stored, and the key has changed since; read the key to find out", sh.id)
 			}
 			unsure = false
@@ -698,7 +698,7 @@ func (sh *shard) apply(ctx context.Context, w *write) (writeResult, error) {
 			attempt--
 		}
 	}
-	return writeResult{}, apierr.Unavailable("contention",
+	return writeResult{}, apierr.Errorf(apierr.ReasonContention,
 		"shard %s: the key changed under %d write attempts in a row; retry", sh.id, maxWriteAttempts)
 }
 
@@ -713,7 +713,7 @@ func (sh *shard) offsetFor(ctx context.Context, cur base) (uint64, error) {
 		err := sh.view.wait(wctx, cur.seq)
 		cancel()
 		if err != nil {
-			return 0, apierr.Unavailable(apierr.ReasonViewBehind, "shard %s: the view did not reach the key's expiry marker in time", sh.id)
+			return 0, apierr.Errorf(apierr.ReasonViewBehind, "shard %s: the view did not reach the key's expiry marker in time", sh.id)
 		}
 		floor, _ = sh.view.floorAt()
 	}
@@ -784,8 +784,9 @@ func unavailable(shardID, what string, err error) error {
 	if e := jskv.TooLargeError("shard "+shardID+": "+what, err); e != nil {
 		return e
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
-		return apierr.Unavailable("timeout", "shard %s: %s timed out: JetStream did not answer in time", shardID, what)
+	// From is the one place that says a passed deadline is a timeout.
+	if errors.Is(apierr.From(err), apierr.ReasonTimeout) || errors.Is(err, nats.ErrTimeout) {
+		return apierr.Errorf(apierr.ReasonTimeout, "shard %s: %s timed out: JetStream did not answer in time", shardID, what)
 	}
-	return apierr.Unavailable("jetstream", "shard %s: %s failed: %v", shardID, what, err)
+	return apierr.Errorf(apierr.ReasonJetStream, "shard %s: %s failed: %v", shardID, what, err)
 }

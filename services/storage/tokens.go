@@ -56,7 +56,7 @@ func (t *tokenBound) check(ctx context.Context, token uint64) error {
 		t.max.Store(last)
 	}
 	if token > last {
-		return apierr.Invalid("unknown_token",
+		return apierr.Errorf(apierr.ReasonUnknownToken,
 			"fence token %d was never issued: the lock service has issued tokens up to %d", token, last)
 	}
 	return nil

@@ -69,7 +69,7 @@ func (sh *shard) awaitExpiry(ctx context.Context, key string, cur base) (b base,
 		case <-ctx.Done():
 			stop()
 			t.Stop()
-			return base{}, false, apierr.Unavailable("expiry_pending",
+			return base{}, false, apierr.Errorf(apierr.ReasonExpiryPending,
 				"shard %s: the key's previous value is expiring and the server has not written its expiry marker yet; retry", sh.id)
 		case <-changed:
 			t.Stop()
@@ -145,6 +145,6 @@ func (sh *shard) confirmedRead(ctx context.Context, key string) (base, uint64, e
 		}
 		// The key changed between the read and its confirmation: read again.
 	}
-	return base{}, 0, apierr.Unavailable("contention",
+	return base{}, 0, apierr.Errorf(apierr.ReasonContention,
 		"shard %s: the key changed under %d confirmed reads in a row; retry", sh.id, confirmAttempts)
 }

@@ -171,7 +171,7 @@ type feed struct {
 	hasAcked  bool
 	keepalive time.Time
 	inflight  bool
-	ending    string // reason the feed ends; "" while it runs
+	ending    apierr.Reason // reason the feed ends; "" while it runs
 	wake      chan struct{}
 	stopped   chan struct{}
 }
@@ -202,7 +202,7 @@ func (f *feed) enqueue(ev *pb.WatchEvent, ts time.Time) {
 	f.qbytes += len(ev.Key) + len(ev.Value) + 64
 	switch {
 	case len(f.queue) > WatchMaxQueue+f.allowance || f.qbytes > WatchMaxQueueBytes:
-		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events (%d bytes) queued for publishing", len(f.queue), f.qbytes))
+		f.endLocked(apierr.ReasonSlowConsumer, fmt.Sprintf("%s: %d events (%d bytes) queued for publishing", apierr.ReasonSlowConsumer, len(f.queue), f.qbytes))
 	default:
 		f.checkAckedLocked()
 	}
@@ -229,7 +229,7 @@ func (f *feed) checkAckedLocked() {
 	}
 	from := max(f.acked, f.replayEnd)
 	if f.seq > from && f.seq-from > WatchMaxUnacked {
-		f.endLocked("slow_consumer", fmt.Sprintf("slow_consumer: %d events sent past the last acknowledged seq %d", f.seq-f.acked, f.acked))
+		f.endLocked(apierr.ReasonSlowConsumer, fmt.Sprintf("%s: %d events sent past the last acknowledged seq %d", apierr.ReasonSlowConsumer, f.seq-f.acked, f.acked))
 	}
 }
 
@@ -242,7 +242,7 @@ func (f *feed) signal() {
 
 // endLocked ends the feed: what is queued is dropped (the client resumes
 // from its cursor anyway) and one CANCELLED event is sent last.
-func (f *feed) endLocked(kind, reason string) {
+func (f *feed) endLocked(kind apierr.Reason, reason string) {
 	if f.ending != "" {
 		return
 	}
@@ -252,11 +252,11 @@ func (f *feed) endLocked(kind, reason string) {
 	f.seq++
 	f.queue = append(f.queue, queued{ev: &pb.WatchEvent{WatchId: f.id, Shard: f.shard, Seq: f.seq,
 		Type: pb.WatchEventType_WATCH_EVENT_TYPE_CANCELLED, Reason: reason}})
-	watchCancelled.WithLabelValues(f.shard, kind).Inc()
+	watchCancelled.WithLabelValues(f.shard, string(kind)).Inc()
 	f.signal()
 }
 
-func (f *feed) end(kind, reason string) {
+func (f *feed) end(kind apierr.Reason, reason string) {
 	f.mu.Lock()
 	f.endLocked(kind, reason)
 	f.mu.Unlock()
@@ -305,7 +305,7 @@ func (f *feed) run() {
 		f.mu.Unlock()
 		for _, q := range batch {
 			if err := f.publish(q.ev); err != nil {
-				f.end("event_connection", "event_connection: "+err.Error())
+				f.end(apierr.ReasonEventConnection, string(apierr.ReasonEventConnection)+": "+err.Error())
 				break
 			}
 			if !q.ts.IsZero() {
@@ -323,7 +323,7 @@ func (f *feed) run() {
 			continue // the CANCELLED event is queued and goes out next round
 		}
 		if idle > WatchKeepalive {
-			f.end("keepalive_timeout", fmt.Sprintf("keepalive_timeout: no keepalive for %s", idle.Round(time.Second)))
+			f.end(apierr.ReasonKeepaliveTimeout, fmt.Sprintf("%s: no keepalive for %s", apierr.ReasonKeepaliveTimeout, idle.Round(time.Second)))
 			continue
 		}
 		// A heartbeat right after a replay (snapshot or catch-up): a client
@@ -380,16 +380,16 @@ func eventTypeLabel(t pb.WatchEventType) string {
 func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.ShardWatchResponse, error) {
 	h := sh.feed
 	if !watchspec.ValidWatchID(r.WatchId) {
-		return nil, apierr.Invalid("invalid_watch_id", "watch_id %q must be 1-64 characters of [A-Za-z0-9_-]", r.WatchId)
+		return nil, apierr.Errorf(apierr.ReasonInvalidWatchID, "watch_id %q must be 1-64 characters of [A-Za-z0-9_-]", r.WatchId)
 	}
 	if err := watchspec.ValidDeliver(r.Deliver); err != nil {
 		return nil, err
 	}
 	if r.Key != "" && r.Prefix != "" {
-		return nil, apierr.Invalid("prefix_and_key", "a watch takes a prefix or a key, not both")
+		return nil, apierr.Errorf(apierr.ReasonPrefixAndKey, "a watch takes a prefix or a key, not both")
 	}
 	if r.Initial && r.Cursor != "" {
-		return nil, apierr.Invalid("initial_with_cursors", "initial and cursors exclude each other: a resume continues, initial starts over")
+		return nil, apierr.Errorf(apierr.ReasonInitialWithCursors, "initial and cursors exclude each other: a resume continues, initial starts over")
 	}
 	var from uint64
 	if r.Cursor != "" {
@@ -398,7 +398,7 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 			return nil, err
 		}
 		if age := time.Since(time.UnixMilli(ms)); age > CursorMaxAge {
-			return nil, apierr.Conflict("cursor_expired",
+			return nil, apierr.Errorf(apierr.ReasonCursorExpired,
 				"shard %s: cursor %s is %s old; cursors older than %s may need expiry markers the server has removed: start again with initial",
 				sh.id, r.Cursor, age.Round(time.Second), CursorMaxAge)
 		}
@@ -417,14 +417,14 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 		// may not have observed the barrier itself yet): this cursor is
 		// from another stream (the shard's bucket was recreated).
 		// Revisions restarted, so the client must re-read, not resume.
-		return nil, apierr.Conflict("cursor_expired",
+		return nil, apierr.Errorf(apierr.ReasonCursorExpired,
 			"shard %s: cursor %s is ahead of the shard's stream (at %d): the stream was recreated; start again with initial", sh.id, r.Cursor, applied)
 	}
 	if h.closed {
-		return nil, apierr.Unavailable("shutting_down", "shard %s: this storage instance is stopping", sh.id)
+		return nil, apierr.Errorf(apierr.ReasonShuttingDown, "shard %s: this storage instance is stopping", sh.id)
 	}
 	if old, ok := h.feeds[f.id]; ok {
-		old.end("client_cancel", "replaced: a watch with this id started again")
+		old.end(apierr.ReasonClientCancel, "replaced: a watch with this id started again")
 	}
 	switch {
 	case r.Initial:
@@ -505,7 +505,7 @@ func (h *watchHub) close() {
 	}
 	h.mu.Unlock()
 	for _, f := range feeds {
-		f.end("shutting_down", "shutting_down: the storage instance serving this shard stopped; resume from your cursors")
+		f.end(apierr.ReasonShuttingDown, string(apierr.ReasonShuttingDown)+": the storage instance serving this shard stopped; resume from your cursors")
 	}
 	// One second for all of them to publish their CANCELLED: a stop must
 	// not take a second per feed.
@@ -587,7 +587,7 @@ func (wc *watchControl) handle(m *nats.Msg) {
 	case subjects.WatchOpCancel:
 		for _, sh := range wc.shards {
 			if f := sh.feed.lookup(id); f != nil {
-				f.end("client_cancel", "client_cancel: the watch was cancelled")
+				f.end(apierr.ReasonClientCancel, string(apierr.ReasonClientCancel)+": the watch was cancelled")
 				served = append(served, sh.id)
 			}
 		}
