@@ -1,9 +1,10 @@
-package router_test
+package tests
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/subjects"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/router"
@@ -34,6 +36,7 @@ type reshardEnv struct {
 }
 
 func newReshardEnv(t *testing.T) *reshardEnv {
+	quiet := slog.New(slog.DiscardHandler)
 	s := natstest.Server(t)
 	e := &reshardEnv{t: t, nc: natstest.Connect(t, s.ClientURL()), set: subjects.New("")}
 	var err error
@@ -361,10 +364,10 @@ func TestReshardResumesAfterMarkerBeforeCopy(t *testing.T) {
 	// the pass then finds the state a dead mover left.
 	h := nats.Header{}
 	h.Set(jskv.HeaderKVOperation, "DEL")
-	h.Set(storage.HeaderMovedTo, "3")
-	h.Set(storage.HeaderMovedLive, "1")
-	h.Set(storage.HeaderRevision, strconv.FormatUint(pr.Revision, 10))
-	h.Set(storage.HeaderFences, last.Header.Get(storage.HeaderFences))
+	h.Set(shardfmt.HeaderMovedTo, "3")
+	h.Set(shardfmt.HeaderMovedLive, "1")
+	h.Set(shardfmt.HeaderRevision, strconv.FormatUint(pr.Revision, 10))
+	h.Set(shardfmt.HeaderFences, last.Header.Get(shardfmt.HeaderFences))
 	if _, err := jskv.PublishIfLast(ctx, e.js, subj, []byte("precious"), h, last.Seq); err != nil {
 		t.Fatal(err)
 	}

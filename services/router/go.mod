@@ -5,7 +5,6 @@ go 1.26.0
 require (
 	github.com/latchkey/latchkey/kit v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/proto v0.0.0-00010101000000-000000000000
-	github.com/latchkey/latchkey/services/storage v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nuid v1.0.1
 	go.opentelemetry.io/otel/trace v1.47.0
@@ -19,7 +18,6 @@ require (
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
-	github.com/google/btree v1.1.3 // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
@@ -55,5 +53,4 @@ require (
 replace (
 	github.com/latchkey/latchkey/kit => ../../kit
 	github.com/latchkey/latchkey/proto => ../../proto
-	github.com/latchkey/latchkey/services/storage => ../storage
 )

@@ -15,9 +15,9 @@ import (
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/consistenthash"
 	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/subjects"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
-	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -281,7 +281,7 @@ func (mv *mover) giveBack(ctx context.Context, m *pb.ShardMap) error {
 	for s := range loses {
 		err := mv.eachLast(ctx, s, func(msg *jskv.Msg) error {
 			key, ok := keyOf(msg.Subject)
-			if !ok || ha.Get(key) != s || storage.MovedTo(msg.Header) == "" || storage.MovedTo(msg.Header) != hb.Get(key) {
+			if !ok || ha.Get(key) != s || shardfmt.MovedTo(msg.Header) == "" || shardfmt.MovedTo(msg.Header) != hb.Get(key) {
 				return nil
 			}
 			return mv.copyTo(ctx, s, key, markerSnapshot(msg))
@@ -411,11 +411,11 @@ func (mv *mover) revisionBound(ctx context.Context, shards []string) (uint64, er
 }
 
 func (mv *mover) readFloor(ctx context.Context, id string) (uint64, error) {
-	m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(id), mv.subject(id, storage.FloorToken))
+	m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(id), mv.subject(id, shardfmt.FloorToken))
 	if err != nil || !found {
 		return 0, err
 	}
-	f, _ := storage.ParseFloor(m.Data)
+	f, _ := shardfmt.ParseFloor(m.Data)
 	return f, nil
 }
 
@@ -428,7 +428,7 @@ func (mv *mover) ensureFloor(ctx context.Context, id string, want uint64) error 
 	if known >= want {
 		return nil
 	}
-	subj := mv.subject(id, storage.FloorToken)
+	subj := mv.subject(id, shardfmt.FloorToken)
 	for range handoverRetries {
 		m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(id), subj)
 		if err != nil {
@@ -436,7 +436,7 @@ func (mv *mover) ensureFloor(ctx context.Context, id string, want uint64) error 
 		}
 		var cur, seq uint64
 		if found {
-			cur, _ = storage.ParseFloor(m.Data)
+			cur, _ = shardfmt.ParseFloor(m.Data)
 			seq = m.Seq
 		}
 		if cur >= want {
@@ -463,7 +463,7 @@ func (mv *mover) ensureFloor(ctx context.Context, id string, want uint64) error 
 // writeOwner writes shard id's ownership record for set shards at epoch
 // and returns its sequence; an identical record already there is kept.
 func (mv *mover) writeOwner(ctx context.Context, id string, epoch uint64, shards []string) (uint64, error) {
-	subj := mv.subject(id, storage.OwnerToken)
+	subj := mv.subject(id, shardfmt.OwnerToken)
 	m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(id), subj)
 	if err != nil {
 		return 0, err
@@ -563,7 +563,7 @@ func (mv *mover) prepareTarget(ctx context.Context, t string, epoch uint64, B []
 		return err
 	}
 	ownSeq := uint64(1<<64 - 1) // no record of this move yet: everything there is old
-	if m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(t), mv.subject(t, storage.OwnerToken)); err != nil {
+	if m, found, err := jskv.LeaderGet(ctx, mv.s.nc, mv.stream(t), mv.subject(t, shardfmt.OwnerToken)); err != nil {
 		return err
 	} else if found {
 		cur := &pb.ShardMap{}
@@ -579,14 +579,14 @@ func (mv *mover) prepareTarget(ctx context.Context, t string, epoch uint64, B []
 		if !ok || ha.Get(key) == t || hb.Get(key) != t || m.Seq >= ownSeq {
 			return nil
 		}
-		if storage.MovedTo(m.Header) == "" && jskv.IsDeleteMarker(m.Header) {
+		if shardfmt.MovedTo(m.Header) == "" && jskv.IsDeleteMarker(m.Header) {
 			return nil // already absent
 		}
 		h := nats.Header{}
 		h.Set(jskv.HeaderKVOperation, "DEL")
-		h.Set("Latchkey-Revision-Offset", strconv.FormatUint(floor, 10))
-		if f := m.Header.Get(storage.HeaderFences); f != "" {
-			h.Set(storage.HeaderFences, f)
+		h.Set(shardfmt.HeaderRevisionOffset, strconv.FormatUint(floor, 10))
+		if f := m.Header.Get(shardfmt.HeaderFences); f != "" {
+			h.Set(shardfmt.HeaderFences, f)
 		}
 		_, err := jskv.PublishIfLast(ctx, mv.js, m.Subject, nil, h, m.Seq)
 		if errors.Is(err, jskv.ErrWrongLastSequence) {
@@ -637,7 +637,7 @@ func (mv *mover) pass(ctx context.Context, s string, ha, hb *consistenthash.Map)
 		if !ok || ha.Get(key) != s || hb.Get(key) == s {
 			return nil
 		}
-		if to := storage.MovedTo(m.Header); to != "" && to != hb.Get(key) {
+		if to := shardfmt.MovedTo(m.Header); to != "" && to != hb.Get(key) {
 			return nil // an earlier move's marker: not this shard's key any more
 		}
 		select {
@@ -670,11 +670,11 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 	subj := m.Subject
 	for range handoverRetries {
 		var snap snapshot
-		if to := storage.MovedTo(m.Header); to != "" {
+		if to := shardfmt.MovedTo(m.Header); to != "" {
 			snap = markerSnapshot(m)
 		} else {
-			snap = snapshot{rev: storage.MessageRevision(m.Seq, m.Header, floor), live: !jskv.IsDeleteMarker(m.Header),
-				fences: m.Header.Get(storage.HeaderFences)}
+			snap = snapshot{rev: shardfmt.MessageRevision(m.Seq, m.Header, floor), live: !jskv.IsDeleteMarker(m.Header),
+				fences: m.Header.Get(shardfmt.HeaderFences)}
 			if snap.live {
 				snap.value = m.Data
 				if at, ok := jskv.Expiry(m.Time, m.Header); ok {
@@ -682,7 +682,7 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 					// A copy knows the instant its TTL was first set to end;
 					// its own Nats-TTL was rounded up to whole seconds, and
 					// moving it again must not add another rounding.
-					if first, err := strconv.ParseInt(m.Header.Get(storage.HeaderMovedExpires), 10, 64); err == nil && first > 0 && first < snap.expiresMs {
+					if first, err := strconv.ParseInt(m.Header.Get(shardfmt.HeaderMovedExpires), 10, 64); err == nil && first > 0 && first < snap.expiresMs {
 						snap.expiresMs = first
 						at = time.UnixMilli(first)
 					}
@@ -702,17 +702,17 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 			}
 			h := nats.Header{}
 			h.Set(jskv.HeaderKVOperation, "DEL")
-			h.Set(storage.HeaderMovedTo, t)
-			h.Set(storage.HeaderRevision, strconv.FormatUint(snap.rev, 10))
+			h.Set(shardfmt.HeaderMovedTo, t)
+			h.Set(shardfmt.HeaderRevision, strconv.FormatUint(snap.rev, 10))
 			if snap.fences != "" {
-				h.Set(storage.HeaderFences, snap.fences)
+				h.Set(shardfmt.HeaderFences, snap.fences)
 			}
 			var body []byte
 			if snap.live {
-				h.Set(storage.HeaderMovedLive, "1")
+				h.Set(shardfmt.HeaderMovedLive, "1")
 				body = snap.value
 				if snap.expiresMs != 0 {
-					h.Set(storage.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
+					h.Set(shardfmt.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
 				}
 			}
 			_, err := jskv.PublishIfLast(ctx, mv.js, subj, body, h, m.Seq)
@@ -744,11 +744,11 @@ func (mv *mover) reread(ctx context.Context, s, subj string, m **jskv.Msg) error
 }
 
 func markerSnapshot(m *jskv.Msg) snapshot {
-	snap := snapshot{fences: m.Header.Get(storage.HeaderFences), live: m.Header.Get(storage.HeaderMovedLive) == "1"}
-	snap.rev, _ = strconv.ParseUint(m.Header.Get(storage.HeaderRevision), 10, 64)
+	snap := snapshot{fences: m.Header.Get(shardfmt.HeaderFences), live: m.Header.Get(shardfmt.HeaderMovedLive) == "1"}
+	snap.rev, _ = strconv.ParseUint(m.Header.Get(shardfmt.HeaderRevision), 10, 64)
 	if snap.live {
 		snap.value = m.Data
-		snap.expiresMs, _ = strconv.ParseInt(m.Header.Get(storage.HeaderMovedExpires), 10, 64)
+		snap.expiresMs, _ = strconv.ParseInt(m.Header.Get(shardfmt.HeaderMovedExpires), 10, 64)
 	}
 	return snap
 }
@@ -778,15 +778,15 @@ func (mv *mover) copyTo(ctx context.Context, t, key string, snap snapshot) error
 			tseq = 0
 			if found {
 				tseq = cur.Seq
-				if cur.Seq > ownSeq && storage.MovedTo(cur.Header) == "" {
+				if cur.Seq > ownSeq && shardfmt.MovedTo(cur.Header) == "" {
 					return nil // copied already, maybe written since
 				}
 			}
 		}
 		h := nats.Header{}
-		h.Set(storage.HeaderRevision, strconv.FormatUint(snap.rev, 10))
+		h.Set(shardfmt.HeaderRevision, strconv.FormatUint(snap.rev, 10))
 		if snap.fences != "" {
-			h.Set(storage.HeaderFences, snap.fences)
+			h.Set(shardfmt.HeaderFences, snap.fences)
 		}
 		var body []byte
 		live := snap.live
@@ -796,7 +796,7 @@ func (mv *mover) copyTo(ctx context.Context, t, key string, snap snapshot) error
 				live = false
 			} else {
 				h.Set(jskv.HeaderTTL, jskv.TTLHeader(left.Milliseconds()+1))
-				h.Set(storage.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
+				h.Set(shardfmt.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
 			}
 		}
 		if live {

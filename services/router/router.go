@@ -24,11 +24,11 @@ import (
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/latchkey/latchkey/kit/wire"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
-	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
@@ -368,12 +368,12 @@ func protoSize(it *pb.Item) int { return len(it.Key) + len(it.Value) + 24 }
 func jsonSize(it *pb.Item) int  { return 6*len(it.Key) + (len(it.Value)+2)/3*4 + 64 }
 
 // epochHeader returns hdr (a new one when nil) carrying this router's
-// map epoch (storage.HeaderEpoch).
+// map epoch (shardfmt.HeaderEpoch).
 func (s *Server) epochHeader(hdr nats.Header) nats.Header {
 	if hdr == nil {
 		hdr = nats.Header{}
 	}
-	hdr.Set(storage.HeaderEpoch, strconv.FormatUint(s.route.Load().epoch, 10))
+	hdr.Set(shardfmt.HeaderEpoch, strconv.FormatUint(s.route.Load().epoch, 10))
 	return hdr
 }
 
@@ -383,7 +383,7 @@ const maxMoveHops = 500
 
 // callMoving is call for a key's request, following the key across a move
 // of the shard set: a shard that answers moved handed the key to its owner
-// in the move's target set, which is asked next with storage.HeaderHandover
+// in the move's target set, which is asked next with shardfmt.HeaderHandover
 // (it answers 503 handover while the copy has not landed); a moved answer
 // with no target in sight re-reads the map. It retries within the caller's
 // deadline and returns the last error when that runs out.
@@ -392,7 +392,7 @@ func (s *Server) callMoving(ctx context.Context, r *routing, key, id, op string,
 	for attempt := 0; ; attempt++ {
 		hdr := s.epochHeader(nil)
 		if handover {
-			hdr.Set(storage.HeaderHandover, "1")
+			hdr.Set(shardfmt.HeaderHandover, "1")
 		}
 		err := s.call(ctx, id, op, in, out, hdr)
 		if err == nil {

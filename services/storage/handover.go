@@ -7,6 +7,7 @@ import (
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/consistenthash"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -17,10 +18,10 @@ import (
 // serves, and both are messages in the shard's own stream, so every
 // instance's view applies them in the stream's order:
 //
-//   - a moved marker on a key (hdrMovedTo): the mover wrote it conditioned
-//     on the sequence it copied, so no write conditioned on an older
-//     message can land after it; the shard answers 503 moved for the key
-//     and the router asks the new owner;
+//   - a moved marker on a key (shardfmt.HeaderMovedTo): the mover wrote
+//     it conditioned on the sequence it copied, so no write conditioned
+//     on an older message can land after it; the shard answers 503
+//     moved for the key and the router asks the new owner;
 //   - the ownership record ($KV.<bucket>.=owner, a pb.ShardMap): from its
 //     sequence on, the shard owns only the keys that hash to it under that
 //     set. A key it does not own is served only from a message older than
@@ -29,40 +30,10 @@ import (
 //     found so by the writer's own view (postCheck) and answered 503
 //     handover: it may remain in the stream, never served.
 
-// Headers of moved markers, and of shard requests from routers.
-const (
-	// hdrMovedTo names the shard a key was handed to. The marker also
-	// carries the key's revision (hdrRevision), fences, and, so that a
-	// resumed mover can finish the copy, the value (body), hdrMovedLive
-	// and hdrMovedExpires.
-	hdrMovedTo = "Latchkey-Moved-To"
-	// hdrMovedLive is "1" when the key held a value (not a tombstone).
-	hdrMovedLive = "Latchkey-Moved-Live"
-	// hdrMovedExpires is the unix ms at which the server would have
-	// expired the value; the copy's TTL is what remains of it.
-	hdrMovedExpires = "Latchkey-Moved-Expires"
-	// HeaderHandover on a shard request says that the key's previous
-	// owner answered moved: the receiving shard must not take "no message"
-	// for "absent", since the copy may not have landed yet.
-	HeaderHandover = "Latchkey-Handover"
-	// HeaderEpoch carries the epoch of the sender's shard map.
-	HeaderEpoch = "Latchkey-Epoch"
-	// ownerToken is the subject token of the ownership record.
-	ownerToken = "=owner"
-)
-
-// Headers the mover writes; exported for the mover in the router module.
-const (
-	HeaderRevision     = hdrRevision
-	HeaderMovedTo      = hdrMovedTo
-	HeaderMovedLive    = hdrMovedLive
-	HeaderMovedExpires = hdrMovedExpires
-	HeaderFences       = hdrFences
-	// FloorToken and OwnerToken are the last subject tokens of the floor
-	// and ownership records in a shard's bucket.
-	FloorToken = floorToken
-	OwnerToken = ownerToken
-)
+// ownerToken is the subject token of the ownership record. It, the moved
+// markers' headers and the rest of the stream's format, shared with the
+// mover, are kit/shardfmt's.
+const ownerToken = shardfmt.OwnerToken
 
 // ownership is an applied ownership record.
 type ownership struct {
@@ -85,14 +56,7 @@ func parseOwnership(seq uint64, data []byte) (*ownership, bool) {
 
 // isHandover reports whether a request is a router's retry after moved.
 func isHandover(req *service.Request) bool {
-	return req != nil && req.Msg != nil && req.Msg.Header.Get(HeaderHandover) != ""
-}
-
-func movedTo(h nats.Header) string {
-	if h == nil {
-		return ""
-	}
-	return h.Get(hdrMovedTo)
+	return req != nil && req.Msg != nil && req.Msg.Header.Get(shardfmt.HeaderHandover) != ""
 }
 
 func (sh *shard) errMoved(key, to string) error {
@@ -182,15 +146,3 @@ func (sh *shard) postCheck(ctx context.Context, key string, base, seq uint64) er
 }
 
 func formatUint(v uint64) string { return strconv.FormatUint(v, 10) }
-
-// MessageRevision is the revision of a stored shard message at seq with
-// headers h, given the shard's floor (revision.go); the mover copies it.
-func MessageRevision(seq uint64, h nats.Header, floor uint64) uint64 {
-	return readRevInfo(h).revision(seq, isServerMarker(h), floor)
-}
-
-// MovedTo returns the shard a moved marker names, "" for other messages.
-func MovedTo(h nats.Header) string { return movedTo(h) }
-
-// ParseFloor reads a floor record's body.
-func ParseFloor(data []byte) (uint64, bool) { return parseFloor(data) }

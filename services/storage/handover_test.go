@@ -10,8 +10,8 @@ import (
 	"github.com/latchkey/latchkey/kit/consistenthash"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
-	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -43,7 +43,7 @@ func TestOwnershipRecordDecidesInStreamOrder(t *testing.T) {
 		t.Fatal("hash setup")
 	}
 	rec, _ := proto.Marshal(&pb.ShardMap{Epoch: 2, Shards: []string{"1"}})
-	if _, err := js.Publish(ctx, pfx+storage.OwnerToken, rec); err != nil {
+	if _, err := js.Publish(ctx, pfx+shardfmt.OwnerToken, rec); err != nil {
 		t.Fatal(err)
 	}
 	// A create right after the record: refused whichever check sees it.
@@ -67,8 +67,8 @@ func TestOwnershipRecordDecidesInStreamOrder(t *testing.T) {
 	}
 	h := nats.Header{}
 	h.Set(jskv.HeaderKVOperation, "DEL")
-	h.Set(storage.HeaderMovedTo, "1")
-	h.Set(storage.HeaderRevision, "5")
+	h.Set(shardfmt.HeaderMovedTo, "1")
+	h.Set(shardfmt.HeaderRevision, "5")
 	if _, err := jskv.PublishIfLast(ctx, js, pfx+jskv.EncodeKey("marked"), []byte("v"), h, last.Seq); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestOwnershipRecordDecidesInStreamOrder(t *testing.T) {
 	// A shard receiving keys: a hand-over request for a key with no
 	// message waits (the copy may be on its way).
 	hdr := nats.Header{}
-	hdr.Set(storage.HeaderHandover, "1")
+	hdr.Set(shardfmt.HeaderHandover, "1")
 	e.start("1")
 	hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer hcancel()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +27,7 @@ const (
 
 // Headers written and read on every stored message.
 const (
-	hdrFences = "Latchkey-Fences"
+	hdrFences = shardfmt.HeaderFences // the stream format's (kit/shardfmt)
 	// hdrWriteID names one write of one storage instance, so the instance
 	// recognises its own message when JetStream refused a publish it had
 	// in fact stored (seen at partition heals: 10164 for stored writes).

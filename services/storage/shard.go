@@ -14,6 +14,7 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/nats-io/nats.go"
@@ -195,7 +196,7 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	token := subjectToken(m.Subject())
 	switch token {
 	case floorToken:
-		if f, ok := parseFloor(m.Data()); ok {
+		if f, ok := shardfmt.ParseFloor(m.Data()); ok {
 			sh.view.raiseFloor(f)
 		}
 	case ownerToken:
@@ -205,9 +206,9 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 		}
 	}
 	key, err := decodeKey(token)
-	moved := movedTo(h) != ""
+	moved := shardfmt.MovedTo(h) != ""
 	orphan := err == nil && !moved && sh.isOrphan(key, seq, h)
-	rev := sh.view.apply(key, err == nil, seq, readRevInfo(h), isServerMarker(h), moved, orphan, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
+	rev := sh.view.apply(key, err == nil, seq, shardfmt.ReadRevInfo(h), shardfmt.IsServerMarker(h), moved, orphan, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
 	if md.NumPending == 0 {
 		sh.view.caughtUp(seq)
 	}
@@ -443,12 +444,12 @@ func (sh *shard) leaderRead(ctx context.Context, key string) (base, error) {
 		case err == nil:
 			b := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), live: isLive(m.Header), fences: m.Header.Get(hdrFences), writeID: m.Header.Get(hdrWriteID)}
 			b.after = m.Header.Get(hdrExpectSubj)
-			b.marker = isServerMarker(m.Header)
-			if b.movedTo = movedTo(m.Header); b.movedTo != "" {
+			b.marker = shardfmt.IsServerMarker(m.Header)
+			if b.movedTo = shardfmt.MovedTo(m.Header); b.movedTo != "" {
 				b.moved, b.live, b.value = true, false, nil
 			}
 			floor, _ := sh.view.floorAt()
-			b.rev = readRevInfo(m.Header).revision(m.Seq, b.marker, floor)
+			b.rev = shardfmt.ReadRevInfo(m.Header).Revision(m.Seq, b.marker, floor)
 			if b.live {
 				b.value = m.Data
 			}

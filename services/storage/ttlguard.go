@@ -7,6 +7,7 @@ import (
 
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/jskv"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/nats-io/nats.go"
 )
@@ -113,8 +114,8 @@ func (sh *shard) swallowed(ctx context.Context, subject string, seq uint64, sent
 	}
 	expiryLosses.WithLabelValues(sh.id).Inc()
 	floor, _ := sh.view.floorAt()
-	mb := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), marker: isServerMarker(m.Header)}
-	mb.rev = readRevInfo(m.Header).revision(m.Seq, mb.marker, floor)
+	mb := base{seq: m.Seq, exp: expiryNanos(m.Time, m.Header), marker: shardfmt.IsServerMarker(m.Header)}
+	mb.rev = shardfmt.ReadRevInfo(m.Header).Revision(m.Seq, mb.marker, floor)
 	return mb, true, nil
 }
 

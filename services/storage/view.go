@@ -124,7 +124,7 @@ func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, mov
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
-	rev := ri.revision(seq, marker, v.floor)
+	rev := ri.Revision(seq, marker, v.floor)
 	if isKey {
 		old, found := v.tree.Get(probe(key))
 		if !found || seq > old.seq {

@@ -13,6 +13,7 @@ import (
 	"github.com/latchkey/latchkey/kit/codec"
 	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/subjects"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/latchkey/latchkey/kit/watchspec"
@@ -126,7 +127,7 @@ func (h *watchHub) observe(key string, isKey bool, seq, rev uint64, ts time.Time
 		return // a redelivery after a consumer restart
 	}
 	h.pos, h.posTime = seq, ts.UnixMilli()
-	if !isKey || len(h.feeds) == 0 || movedTo(hdr) != "" || hdr.Get(hdrRevision) != "" {
+	if !isKey || len(h.feeds) == 0 || shardfmt.MovedTo(hdr) != "" || hdr.Get(hdrRevision) != "" {
 		// A move's markers and copies change where a key lives, not the
 		// key: they emit no events (docs/API.md, "Watch").
 		return
