@@ -3,13 +3,16 @@ module github.com/latchkey/latchkey/suite
 go 1.26.0
 
 require (
+	github.com/latchkey/latchkey/client v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/kit v0.0.0-00010101000000-000000000000
+	github.com/latchkey/latchkey/proto v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/services/locker v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/services/router v0.0.0-00010101000000-000000000000
 	github.com/latchkey/latchkey/services/storage v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/nats-io/nuid v1.0.1
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -24,7 +27,6 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
-	github.com/latchkey/latchkey/proto v0.0.0-00010101000000-000000000000 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
@@ -51,10 +53,10 @@ require (
 	google.golang.org/genproto/googleapis/api v0.0.0-20260928230214-8a89bd6388cc // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260928230214-8a89bd6388cc // indirect
 	google.golang.org/grpc v1.83.2 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 )
 
 replace (
+	github.com/latchkey/latchkey/client => ../client
 	github.com/latchkey/latchkey/kit => ../kit
 	github.com/latchkey/latchkey/proto => ../proto
 	github.com/latchkey/latchkey/services/locker => ../services/locker

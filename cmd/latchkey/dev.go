@@ -84,9 +84,9 @@ func devCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	printDevBanner(d.URL, global.prefix, *data, *shards)
-	extra := serveNewShards(ctx, d, *shards, log) // shards.go
+	stopExtra := d.ServeNewShards(ctx) // shard ids a `latchkey shards set` adds
 	<-ctx.Done()
-	extra.stop()
+	stopExtra()
 	log.Info("interrupted, shutting down (press Ctrl-C again to force)")
 	stopCtx, cancel := context.WithTimeout(context.Background(), devStopTimeout)
 	defer cancel()

@@ -4,18 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/subjects"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
-	"github.com/latchkey/latchkey/services/storage"
-	"github.com/latchkey/latchkey/suite"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
@@ -191,78 +186,4 @@ func printProto(m proto.Message) error {
 	}
 	_, err = fmt.Println(string(b))
 	return err
-}
-
-// devShards is the storage `latchkey dev` starts for shard ids beyond its
-// --shards, as `latchkey shards set` adds them.
-type devShards struct {
-	mu      sync.Mutex
-	servers []*storage.Server
-	done    chan struct{}
-}
-
-// serveNewShards watches the shard map of d and starts a storage instance
-// for every shard id that the map or a move names and dev does not serve
-// yet, so `latchkey shards set 0,1,2,3` works on `latchkey dev` alone.
-func serveNewShards(ctx context.Context, d *suite.Deployment, n int, log *slog.Logger) *devShards {
-	ds := &devShards{done: make(chan struct{})}
-	served := map[string]bool{}
-	for _, id := range suite.ShardIDs(n) {
-		served[id] = true
-	}
-	subj := subjects.New(global.prefix)
-	go func() {
-		defer close(ds.done)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(time.Second):
-			}
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			cur := &pb.ShardsGetResponse{}
-			err := service.Call(cctx, d.Conn, subj.Public(adminShardsGet), nil, &pb.ShardsGetRequest{}, cur)
-			cancel()
-			if err != nil {
-				continue
-			}
-			var missing []string
-			for _, id := range append(slices.Clone(cur.Shards), cur.Move.GetToShards()...) {
-				if !served[id] {
-					served[id] = true
-					missing = append(missing, id)
-				}
-			}
-			if len(missing) == 0 {
-				continue
-			}
-			log.Info("starting storage for new shards", "shards", missing)
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			st, err := storage.Start(sctx, d.Conn, storage.Config{Prefix: global.prefix, Shards: missing, EventConn: d.Events,
-				Logger: log.With("component", "storage", "shards", missing)})
-			cancel()
-			if err != nil {
-				log.Error("cannot start storage for new shards", "shards", missing, "err", err)
-				for _, id := range missing {
-					delete(served, id)
-				}
-				continue
-			}
-			ds.mu.Lock()
-			ds.servers = append(ds.servers, st)
-			ds.mu.Unlock()
-		}
-	}()
-	return ds
-}
-
-func (ds *devShards) stop() {
-	<-ds.done
-	ds.mu.Lock()
-	defer ds.mu.Unlock()
-	for _, st := range ds.servers {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = st.Stop(ctx)
-		cancel()
-	}
 }
