@@ -141,15 +141,8 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 	A, B := m.Shards, m.Move.ToShards
 	next := m.Epoch + 1
 	ha, hb := consistenthash.New(A), consistenthash.New(B)
-	gains, loses := map[string]bool{}, map[string]bool{}
-	for b := range consistenthash.Buckets {
-		if oa, ob := ha.Owner(b), hb.Owner(b); oa != ob {
-			loses[oa], gains[ob] = true, true
-		}
-	}
-	mv.mu.Lock()
-	mv.floors, mv.owners = map[string]uint64{}, map[string]uint64{}
-	mv.mu.Unlock()
+	gains, loses := changedOwners(ha, hb)
+	mv.forgetShardState()
 	mv.moved.Store(m.Move.KeysMoved)
 	mv.log.Info("driving move", "from", A, "to", B, "epoch", next)
 
@@ -227,15 +220,8 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 func (mv *mover) giveBack(ctx context.Context, m *pb.ShardMap) error {
 	A, B := m.Shards, m.Move.ToShards
 	ha, hb := consistenthash.New(A), consistenthash.New(B)
-	gains, loses := map[string]bool{}, map[string]bool{}
-	for b := range consistenthash.Buckets {
-		if oa, ob := ha.Owner(b), hb.Owner(b); oa != ob {
-			loses[oa], gains[ob] = true, true
-		}
-	}
-	mv.mu.Lock()
-	mv.floors, mv.owners = map[string]uint64{}, map[string]uint64{}
-	mv.mu.Unlock()
+	gains, loses := changedOwners(ha, hb)
+	mv.forgetShardState()
 	mv.log.Info("moving keys back after an abort", "shards", A, "from", B)
 	var back []string
 	for t := range gains {
@@ -844,4 +830,24 @@ func estimateMove(ctx context.Context, js jetstream.JetStream, subj subjects.Set
 		total += n * uint64(lose[id]) / uint64(own[id])
 	}
 	return total
+}
+
+// changedOwners lists the shards that gain and that lose hash buckets when
+// the set goes from ha's to hb's.
+func changedOwners(ha, hb *consistenthash.Map) (gains, loses map[string]bool) {
+	gains, loses = map[string]bool{}, map[string]bool{}
+	for i := range consistenthash.Buckets {
+		if oa, ob := ha.Owner(i), hb.Owner(i); oa != ob {
+			loses[oa], gains[ob] = true, true
+		}
+	}
+	return gains, loses
+}
+
+// forgetShardState drops the floors and ownership records read for an
+// earlier drive: a new one reads them again.
+func (mv *mover) forgetShardState() {
+	mv.mu.Lock()
+	mv.floors, mv.owners = map[string]uint64{}, map[string]uint64{}
+	mv.mu.Unlock()
 }
