@@ -50,7 +50,9 @@ type Map struct {
 }
 
 // New builds the map for a set of shard ids. Order and duplicates do not
-// matter. At most 65536 shards; building costs about 5 ms per shard.
+// matter. At most 65536 shards; building costs about 0.6 ms per shard
+// (every hash bucket is ranked once: BenchmarkNew, 3 ms for 3 shards and
+// 40 ms for 64 on a 2-core box).
 func New(shardIDs []string) *Map {
 	shards := slices.Clone(shardIDs)
 	slices.Sort(shards)

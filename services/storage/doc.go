@@ -32,9 +32,14 @@
 // Unfenced writes carry the set forward unchanged. A fenced delete of an
 // absent key still writes a marker when it raises a token.
 //
-// Reads. Linearizable gets read the key's last message from the stream
-// leader ($JS.API.STREAM.MSG.GET with last_by_subj), never by direct get,
-// which followers may answer stale. Stale gets read the view.
+// Reads. A linearizable get rests on a write a quorum committed after the
+// get arrived: alone, it reads the key's last message from the stream
+// leader ($JS.API.STREAM.MSG.GET with last_by_subj, never a direct get,
+// which followers may answer stale) and confirms it with a barrier
+// conditioned on that sequence (a leader cut off from its quorum cannot
+// commit it); when several are in flight they share one barrier and read
+// the view once it applied it (ops.go getBatched, ttlguard.go
+// confirmedRead). Stale gets read the view.
 //
 // The view. An ordered consumer (last message per subject first, then
 // every new message) feeds a B-tree of key -> value, revision, fences;
@@ -42,10 +47,10 @@
 // stream order, the tree is always a consistent cut of the stream at the
 // last sequence it applied. Start returns once every view has caught up.
 //
-// Scans. A scan first publishes a barrier message to $KV.<bucket>.=sync
-// ('=' is outside base64url, so it is never a key) and waits until the view
-// has applied the barrier's sequence: every write acknowledged before the
-// scan began is then visible. Concurrent scans share one barrier publish.
+// Scans (and batched gets). A scan first publishes a barrier message to
+// $KV.<bucket>.=sync ('=' is outside base64url, so it is never a key) and
+// waits until the view has applied the barrier's sequence: every write
+// acknowledged before the scan began is then visible. Concurrent scans share one barrier publish.
 // Pages are cut at limit or at about max_payload bytes, and more says
 // whether another key with the prefix follows.
 //
