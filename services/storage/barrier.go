@@ -31,12 +31,29 @@ func (sh *shard) sync(ctx context.Context) error {
 
 // syncRetrying is sync for start-up: a stream created a moment ago may not
 // have elected its leader yet ("no response from stream"), so failures are
-// retried with backoff until ctx ends.
+// retried with backoff until ctx ends. The monitor does not run yet, so
+// each attempt is bounded here: an attempt in which the view applied
+// nothing restarts its consumer from where it stopped (ordered consumers
+// have been seen not to resume), and every attempt publishes a fresh
+// barrier, whose delivery with nothing pending makes the view a cut again
+// after a gap (a start-up ctx without a deadline hung on one barrier).
 func (sh *shard) syncRetrying(ctx context.Context) error {
 	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
-		err := sh.sync(ctx)
+		before := sh.view.appliedSeq()
+		actx, cancel := context.WithTimeout(ctx, startSyncAttempt)
+		err := sh.sync(actx)
+		cancel()
 		if err == nil {
 			return nil
+		}
+		if ctx.Err() == nil && actx.Err() != nil && sh.view.appliedSeq() == before {
+			applied := sh.view.appliedSeq()
+			sh.log.Warn("view applied nothing while loading; restarting its consumer", "applied", applied)
+			rctx, rcancel := context.WithTimeout(ctx, probeTimeout)
+			if rerr := sh.startConsumer(rctx, applied+1); rerr != nil {
+				sh.log.Warn("view consumer restart failed", "err", rerr)
+			}
+			rcancel()
 		}
 		sh.log.Warn("view not loaded yet; retrying", "err", err)
 		select {

@@ -25,6 +25,9 @@ const (
 	maxWriteAttempts = 16
 	monitorInterval  = 5 * time.Second
 	probeTimeout     = 3 * time.Second
+	// startSyncAttempt bounds one wait of a starting instance for its view
+	// to load (syncRetrying); a large stream takes several.
+	startSyncAttempt = 10 * time.Second
 	// lagTolerance is how long the view may trail a write this instance
 	// saw acknowledged before the monitor probes it and, if it does not
 	// catch up, refuses stale reads and restarts its consumer.
