@@ -288,19 +288,40 @@ func CeilSeconds(ms int64) int64 {
 // cfg, and returns it. A cluster that is still forming answers "no suitable
 // peers", or nothing, for a while after it starts, so failures are retried
 // with backoff until ctx ends; the last error is returned then.
+//
+// It returns only once the bucket answers a read: on a cluster the create
+// is acknowledged before every replica serves direct gets, and a read in
+// that gap is "no responders" (CI saw a router fail to start on it).
 func EnsureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig, log *slog.Logger) (jetstream.KeyValue, error) {
 	for wait := 50 * time.Millisecond; ; wait = min(wait*2, time.Second) {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		kv, err := js.CreateOrUpdateKeyValue(actx, cfg)
+		if err == nil {
+			err = probeRead(actx, kv)
+		}
 		cancel()
 		if err == nil {
 			return kv, nil
 		}
-		log.Warn("cannot create bucket yet; retrying", "bucket", cfg.Bucket, "err", err)
+		log.Warn("bucket not ready yet; retrying", "bucket", cfg.Bucket, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("create bucket %s: %w", cfg.Bucket, err)
 		case <-time.After(wait):
 		}
 	}
+}
+
+// probeKey is a key no latchkey bucket holds; reading it tells whether
+// the bucket serves reads without touching anyone's data.
+const probeKey = "latchkey-ready-probe"
+
+// probeRead reads probeKey once: absent or present both mean the bucket
+// serves reads.
+func probeRead(ctx context.Context, kv jetstream.KeyValue) error {
+	_, err := kv.Get(ctx, probeKey)
+	if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	return fmt.Errorf("read bucket %s: %w", kv.Bucket(), err)
 }
