@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -105,7 +106,9 @@ func (e *reshardEnv) move(shards ...string) {
 		if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, got); err != nil {
 			e.t.Fatal(err)
 		}
-		if got.Epoch == set.Epoch && got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE {
+		// Done once flipped and, when it removed shards, once their
+		// streams are retired (a new move waits for that).
+		if got.Epoch == set.Epoch && got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE && (got.Move.Retired || !slices.ContainsFunc(got.Move.FromShards, func(id string) bool { return !slices.Contains(got.Move.ToShards, id) })) {
 			return
 		}
 		if s := got.Move.GetState(); s == pb.MoveState_MOVE_STATE_FAILED || s == pb.MoveState_MOVE_STATE_ABORTED {
@@ -156,6 +159,33 @@ func (e *reshardEnv) abortMidMove(shards ...string) {
 			e.t.Fatal("the aborted move's keys did not come back in time")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkRetired checks that each removed shard's stream holds nothing but
+// its ownership record, and that the storage instance still serving it
+// answers a key it once held "moved" (what a router with a stale map
+// would meet), never "absent".
+func (e *reshardEnv) checkRetired(shards ...string) {
+	e.t.Helper()
+	for _, id := range shards {
+		if n := e.streamMsgs(id); n != 1 {
+			e.t.Fatalf("retired shard %s's stream holds %d messages, want 1 (its ownership record)", id, n)
+		}
+	}
+	was := consistenthash.New([]string{"0", "1", "2", "3", "4", "5"})
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("k%d", i)
+		if !slices.Contains(shards, was.Get(key)) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := service.Call(ctx, e.nc, e.set.Shard(was.Get(key), "get"), nil, &pb.GetRequest{Key: key}, &pb.GetResponse{})
+		cancel()
+		if !errors.Is(err, apierr.ReasonMoved) {
+			e.t.Fatalf("get %s straight from retired shard %s: %v, want 409 moved", key, was.Get(key), err)
+		}
+		return
 	}
 }
 
@@ -253,6 +283,7 @@ func TestReshardKeepsEveryKey(t *testing.T) {
 	e.move("0", "1", "2", "3", "4", "5")
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2")
+	e.checkRetired("3", "4", "5")
 	// Enough keys that the next move outlasts the abort's round trip.
 	var lw sync.WaitGroup
 	for w := range 8 {

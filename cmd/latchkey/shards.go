@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -114,7 +115,7 @@ func waitMove(ctx context.Context, get func() (*pb.ShardsGetResponse, error), ep
 				fmt.Fprint(os.Stderr, "\r"+progressLine(mo, firstMoved, time.Since(start)))
 			}
 			switch {
-			case cur.Epoch >= epoch && mo.GetState() == pb.MoveState_MOVE_STATE_DONE:
+			case cur.Epoch >= epoch && mo.GetState() == pb.MoveState_MOVE_STATE_DONE && settled(mo):
 				if show {
 					fmt.Fprintln(os.Stderr)
 				}
@@ -134,6 +135,20 @@ func waitMove(ctx context.Context, get func() (*pb.ShardsGetResponse, error), ep
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// settled reports a done move that has nothing left to do: the shards it
+// removed (if any) are retired.
+func settled(mo *pb.ShardMove) bool {
+	if mo.GetRetired() {
+		return true
+	}
+	for _, id := range mo.GetFromShards() {
+		if !slices.Contains(mo.GetToShards(), id) {
+			return false
+		}
+	}
+	return true
 }
 
 // progressLine is "state  moved/total keys (pct)  rate keys/s  ETA".
@@ -157,6 +172,9 @@ func progressLine(mo *pb.ShardMove, firstMoved uint64, elapsed time.Duration) st
 	}
 	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
 	state := strings.TrimPrefix(mo.GetState().String(), "MOVE_STATE_")
+	if mo.GetState() == pb.MoveState_MOVE_STATE_DONE && !settled(mo) {
+		state = "RETIRING"
+	}
 	if r := mo.GetReason(); r != "" {
 		state += " (" + r + ")"
 	}

@@ -94,6 +94,10 @@ func (s *Server) adminSet(ctx context.Context, r *service.Request) (proto.Messag
 			return nil, apierr.Conflict(apierr.ReasonMoveRunning,
 				"the aborted move to %v is still moving its keys back; retry when shards get shows it returned", m.Move.ToShards)
 		}
+		if retiring(m.Move) {
+			return nil, apierr.Conflict(apierr.ReasonMoveRunning,
+				"the move to %v is retiring the streams of the shards it removed (%v); retry in a moment", m.Move.ToShards, removedShards(m.Move))
+		}
 		if sameSet(m.Shards, to) {
 			return &pb.ShardsSetResponse{Epoch: m.Epoch}, nil
 		}

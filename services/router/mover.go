@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,16 +81,24 @@ func (mv *mover) run(ctx context.Context) {
 		case <-t.C:
 		}
 		m, _, err := readMap(ctx, mv.s.kv)
-		if err != nil || m == nil || !(running(m.Move) || unfinished(m.Move)) {
+		if err != nil || m == nil || !(running(m.Move) || unfinished(m.Move) || retiring(m.Move)) {
 			continue
 		}
 		if !mv.lease(ctx) {
 			continue
 		}
-		if unfinished(m.Move) {
+		switch {
+		case unfinished(m.Move):
 			err = mv.giveBack(ctx, m)
-		} else {
-			err = mv.drive(ctx, m)
+		case retiring(m.Move):
+			err = mv.retire(ctx, m)
+		default:
+			if err = mv.drive(ctx, m); err == nil {
+				m, _, err = readMap(ctx, mv.s.kv)
+				if err == nil && m != nil && retiring(m.Move) {
+					err = mv.retire(ctx, m)
+				}
+			}
 		}
 		switch {
 		case err == nil:
@@ -338,6 +347,68 @@ func (mv *mover) flip(ctx context.Context, from uint64, B []string) error {
 		data, _ := proto.Marshal(m)
 		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
 			mv.s.apply(m)
+			return nil
+		}
+	}
+	return errors.New("the shard map record kept changing")
+}
+
+// retiring reports a move that removed shards whose streams still hold
+// what the move handed away (retire has not finished).
+func retiring(mo *pb.ShardMove) bool {
+	return mo != nil && mo.State == pb.MoveState_MOVE_STATE_DONE && !mo.Retired && len(removedShards(mo)) > 0
+}
+
+// removedShards lists the shards a move took out of the set.
+func removedShards(mo *pb.ShardMove) []string {
+	var out []string
+	for _, id := range mo.FromShards {
+		if !slices.Contains(mo.ToShards, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// retire empties the streams of the shards the flipped move m removed.
+// After the flip such a shard owns no key: everything in its stream is a
+// moved marker, an orphan or a record. Its ownership record is written
+// once more and the stream purged up to it, so what stays is exactly that
+// record: a storage instance still serving the shard, with its view old
+// or rebuilt, answers every key "moved" (no message, disowned), as it did
+// with the markers. The record is never purged, so the shard can never
+// look like an empty shard that owns keys. A new move waits until this
+// is done (admin's move_running), so no move can make the shard an owner
+// again while its stream is being purged.
+func (mv *mover) retire(ctx context.Context, m *pb.ShardMap) error {
+	for _, id := range removedShards(m.Move) {
+		data, _ := proto.Marshal(&pb.ShardMap{Epoch: m.Epoch, Shards: m.Shards})
+		ack, err := mv.js.Publish(ctx, mv.subject(id, shardfmt.OwnerToken), data)
+		if err != nil {
+			return fmt.Errorf("retire shard %s: ownership record: %w", id, err)
+		}
+		st, err := mv.js.Stream(ctx, mv.stream(id))
+		if err != nil {
+			return fmt.Errorf("retire shard %s: %w", id, err)
+		}
+		if err := st.Purge(ctx, jetstream.WithPurgeSequence(ack.Sequence)); err != nil {
+			return fmt.Errorf("retire shard %s: purge below %d: %w", id, ack.Sequence, err)
+		}
+		mv.log.Info("shard retired: its stream holds only its ownership record", "shard", id, "seq", ack.Sequence)
+	}
+	for range 10 {
+		cur, rev, err := readMap(ctx, mv.s.kv)
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.Epoch != m.Epoch || !retiring(cur.Move) {
+			return errStopped
+		}
+		cur.Move.Retired = true
+		cur.Move.UpdatedUnixMs = time.Now().UnixMilli()
+		data, _ := proto.Marshal(cur)
+		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
+			mv.s.apply(cur)
 			return nil
 		}
 	}

@@ -103,7 +103,11 @@ type ShardMove struct {
 	UpdatedUnixMs int64  `protobuf:"varint,9,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
 	// After an abort: every key the move had handed over is back on its old
 	// shard, and a new move may start.
-	Returned      bool `protobuf:"varint,10,opt,name=returned,proto3" json:"returned,omitempty"`
+	Returned bool `protobuf:"varint,10,opt,name=returned,proto3" json:"returned,omitempty"`
+	// After the flip: the streams of the shards the move removed were
+	// purged down to their ownership record (they own no key), so they hold
+	// nothing but that record. A new move waits for it.
+	Retired       bool `protobuf:"varint,11,opt,name=retired,proto3" json:"retired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -204,6 +208,13 @@ func (x *ShardMove) GetUpdatedUnixMs() int64 {
 func (x *ShardMove) GetReturned() bool {
 	if x != nil {
 		return x.Returned
+	}
+	return false
+}
+
+func (x *ShardMove) GetRetired() bool {
+	if x != nil {
+		return x.Retired
 	}
 	return false
 }
@@ -501,7 +512,7 @@ var File_latchkey_v1_admin_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xd8\x02\n" +
+	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xf2\x02\n" +
 	"\tShardMove\x12\x1d\n" +
 	"\n" +
 	"from_epoch\x18\x01 \x01(\x04R\tfromEpoch\x12\x1f\n" +
@@ -517,7 +528,8 @@ const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\x0fstarted_unix_ms\x18\b \x01(\x03R\rstartedUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\t \x01(\x03R\rupdatedUnixMs\x12\x1a\n" +
 	"\breturned\x18\n" +
-	" \x01(\bR\breturned\"\x12\n" +
+	" \x01(\bR\breturned\x12\x18\n" +
+	"\aretired\x18\v \x01(\bR\aretired\"\x12\n" +
 	"\x10ShardsGetRequest\"m\n" +
 	"\x11ShardsGetResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
