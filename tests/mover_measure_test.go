@@ -83,6 +83,8 @@ func TestReshardMeasure(t *testing.T) {
 	moved := got.Move.KeysMoved
 	t.Logf("move 3->4: %d keys moved (%.3f of the ideal %d) in %v: %.0f keys/s",
 		moved, float64(moved)/(float64(n)/4), n/4, took.Round(time.Millisecond), float64(moved)/took.Seconds())
+	t.Logf("per-key freeze (marker sent to copy acknowledged): p99 %v, longest %v",
+		time.Duration(got.Move.FreezeP99Us)*time.Microsecond, time.Duration(got.Move.FreezeMaxUs)*time.Microsecond)
 	for p, name := range []string{"before", "during", "after"} {
 		l := lat[p]
 		slices.Sort(l)

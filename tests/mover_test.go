@@ -109,6 +109,12 @@ func (e *reshardEnv) move(shards ...string) {
 		// Done once flipped and, when it removed shards, once their
 		// streams are retired (a new move waits for that).
 		if got.Epoch == set.Epoch && got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE && (got.Move.Retired || !slices.ContainsFunc(got.Move.FromShards, func(id string) bool { return !slices.Contains(got.Move.ToShards, id) })) {
+			// Every key handed over was unavailable for a while: the
+			// record says how long.
+			if mo := got.Move; mo.KeysMoved > 0 && (mo.FreezeMaxUs == 0 || mo.FreezeP99Us > mo.FreezeMaxUs) {
+				e.t.Fatalf("move to %v: %d keys moved, freeze p99 %d us, longest %d us", shards, mo.KeysMoved, mo.FreezeP99Us, mo.FreezeMaxUs)
+			}
+			e.t.Logf("move to %v: %d keys, freeze p99 %d us, longest %d us", shards, got.Move.KeysMoved, got.Move.FreezeP99Us, got.Move.FreezeMaxUs)
 			return
 		}
 		if s := got.Move.GetState(); s == pb.MoveState_MOVE_STATE_FAILED || s == pb.MoveState_MOVE_STATE_ABORTED {

@@ -193,6 +193,10 @@ func printShards(cur *pb.ShardsGetResponse, asJSON bool) error {
 		}
 		fmt.Printf("last move: %s -> %s from epoch %d: %s, %d of about %d keys moved\n",
 			strings.Join(mo.FromShards, ","), strings.Join(mo.ToShards, ","), mo.FromEpoch, state, mo.KeysMoved, mo.KeysTotal)
+		if mo.FreezeMaxUs > 0 {
+			fmt.Printf("keys unavailable while handed over: p99 %v, longest %v\n",
+				time.Duration(mo.FreezeP99Us)*time.Microsecond, time.Duration(mo.FreezeMaxUs)*time.Microsecond)
+		}
 	}
 	return nil
 }

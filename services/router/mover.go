@@ -60,6 +60,7 @@ type mover struct {
 	leaseFor time.Duration
 	log      *slog.Logger
 	moved    atomic.Uint64
+	freeze   freezeHist
 
 	mu     sync.Mutex
 	floors map[string]uint64 // shard -> floor this mover knows is in force
@@ -152,6 +153,7 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 	ha, hb := consistenthash.New(A), consistenthash.New(B)
 	gains, loses := changedOwners(ha, hb)
 	mv.forgetShardState()
+	mv.freeze.reset()
 	mv.moved.Store(m.Move.KeysMoved)
 	mv.log.Info("driving move", "from", A, "to", B, "epoch", next)
 
@@ -168,7 +170,7 @@ func (mv *mover) drive(parent context.Context, m *pb.ShardMap) error {
 			case <-t.C:
 			}
 			mv.lease(ctx)
-			err := mv.update(ctx, m.Epoch, func(mo *pb.ShardMove) { mo.KeysMoved = mv.moved.Load() })
+			err := mv.update(ctx, m.Epoch, mv.progress)
 			if errors.Is(err, errStopped) {
 				cancel(errStopped)
 				return
@@ -342,15 +344,24 @@ func (mv *mover) flip(ctx context.Context, from uint64, B []string) error {
 		}
 		m.Epoch, m.Shards = from+1, B
 		m.Move.State, m.Move.Reason = pb.MoveState_MOVE_STATE_DONE, ""
-		m.Move.KeysMoved = mv.moved.Load()
+		mv.progress(m.Move)
 		m.Move.UpdatedUnixMs = time.Now().UnixMilli()
 		data, _ := proto.Marshal(m)
 		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
 			mv.s.apply(m)
+			p99, longest := mv.freeze.quantile(0.99)
+			mv.log.Info("flipped", "epoch", m.Epoch, "keys_moved", m.Move.KeysMoved, "key_freeze_p99", p99, "key_freeze_max", longest)
 			return nil
 		}
 	}
 	return errors.New("the shard map record kept changing")
+}
+
+// progress writes what this mover counted into the move record.
+func (mv *mover) progress(mo *pb.ShardMove) {
+	mo.KeysMoved = mv.moved.Load()
+	p99, longest := mv.freeze.quantile(0.99)
+	mo.FreezeP99Us, mo.FreezeMaxUs = uint64(p99.Microseconds()), uint64(longest.Microseconds())
 }
 
 // retiring reports a move that removed shards whose streams still hold
@@ -641,6 +652,7 @@ func (mv *mover) prepareTarget(ctx context.Context, t string, epoch uint64, B []
 		}
 		h := nats.Header{}
 		h.Set(jskv.HeaderKVOperation, "DEL")
+		h.Set(shardfmt.HeaderMoveTombstone, "1")
 		h.Set(shardfmt.HeaderRevisionOffset, strconv.FormatUint(floor, 10))
 		if f := m.Header.Get(shardfmt.HeaderFences); f != "" {
 			h.Set(shardfmt.HeaderFences, f)
@@ -725,6 +737,7 @@ type snapshot struct {
 // conditioned on the message m it copies, then the copy on t.
 func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, floor uint64) error {
 	subj := m.Subject
+	var frozen time.Time
 	for range handoverRetries {
 		var snap snapshot
 		if to := shardfmt.MovedTo(m.Header); to != "" {
@@ -772,6 +785,7 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 					h.Set(shardfmt.HeaderMovedExpires, strconv.FormatInt(snap.expiresMs, 10))
 				}
 			}
+			frozen = time.Now()
 			_, err := jskv.PublishIfLast(ctx, mv.js, subj, body, h, m.Seq)
 			if err != nil {
 				if errors.Is(err, jskv.ErrWrongLastSequence) || errors.Is(err, apierr.ReasonJetStreamBusy) {
@@ -783,7 +797,13 @@ func (mv *mover) handover(ctx context.Context, s, t, key string, m *jskv.Msg, fl
 				return err
 			}
 		}
-		return mv.copyTo(ctx, t, key, snap)
+		if err := mv.copyTo(ctx, t, key, snap); err != nil {
+			return err
+		}
+		if !frozen.IsZero() { // a marker found in place froze earlier, under another drive
+			mv.freeze.observe(time.Since(frozen))
+		}
+		return nil
 	}
 	return fmt.Errorf("key on shard %s kept changing under %d hand-over attempts", s, handoverRetries)
 }

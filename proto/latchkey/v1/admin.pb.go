@@ -107,7 +107,13 @@ type ShardMove struct {
 	// After the flip: the streams of the shards the move removed were
 	// purged down to their ownership record (they own no key), so they hold
 	// nothing but that record. A new move waits for it.
-	Retired       bool `protobuf:"varint,11,opt,name=retired,proto3" json:"retired,omitempty"`
+	Retired bool `protobuf:"varint,11,opt,name=retired,proto3" json:"retired,omitempty"`
+	// How long keys were unavailable while this mover handed them over
+	// (moved marker sent until the copy was acknowledged), in microseconds:
+	// the 99th percentile (exact to 25%) and the longest. Counted since the
+	// mover that drives the move started driving it.
+	FreezeP99Us   uint64 `protobuf:"varint,12,opt,name=freeze_p99_us,json=freezeP99Us,proto3" json:"freeze_p99_us,omitempty"`
+	FreezeMaxUs   uint64 `protobuf:"varint,13,opt,name=freeze_max_us,json=freezeMaxUs,proto3" json:"freeze_max_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -217,6 +223,20 @@ func (x *ShardMove) GetRetired() bool {
 		return x.Retired
 	}
 	return false
+}
+
+func (x *ShardMove) GetFreezeP99Us() uint64 {
+	if x != nil {
+		return x.FreezeP99Us
+	}
+	return 0
+}
+
+func (x *ShardMove) GetFreezeMaxUs() uint64 {
+	if x != nil {
+		return x.FreezeMaxUs
+	}
+	return 0
 }
 
 // ShardsGetRequest asks for the shard map (latchkey.admin.shards.get).
@@ -512,7 +532,7 @@ var File_latchkey_v1_admin_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xf2\x02\n" +
+	"\x17latchkey/v1/admin.proto\x12\vlatchkey.v1\"\xba\x03\n" +
 	"\tShardMove\x12\x1d\n" +
 	"\n" +
 	"from_epoch\x18\x01 \x01(\x04R\tfromEpoch\x12\x1f\n" +
@@ -529,7 +549,9 @@ const file_latchkey_v1_admin_proto_rawDesc = "" +
 	"\x0fupdated_unix_ms\x18\t \x01(\x03R\rupdatedUnixMs\x12\x1a\n" +
 	"\breturned\x18\n" +
 	" \x01(\bR\breturned\x12\x18\n" +
-	"\aretired\x18\v \x01(\bR\aretired\"\x12\n" +
+	"\aretired\x18\v \x01(\bR\aretired\x12\"\n" +
+	"\rfreeze_p99_us\x18\f \x01(\x04R\vfreezeP99Us\x12\"\n" +
+	"\rfreeze_max_us\x18\r \x01(\x04R\vfreezeMaxUs\"\x12\n" +
 	"\x10ShardsGetRequest\"m\n" +
 	"\x11ShardsGetResponse\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x16\n" +
