@@ -72,8 +72,8 @@ func TestEdgeCheckerFindsPlantedBugs(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rep := edgeRun(t, c.o, c.edges)
 			if c.want == nil {
+				rep := edgeRun(t, c.o, c.edges)
 				if len(rep.Violations) > 0 {
 					t.Fatalf("%d violations without a planted bug: %v", len(rep.Violations), rep.Violations)
 				}
@@ -82,13 +82,35 @@ func TestEdgeCheckerFindsPlantedBugs(t *testing.T) {
 				}
 				return
 			}
+			// A planted bug shows only when a write lands inside the
+			// server's expiry pass, which a busy machine sometimes never
+			// hits in one 12 s run (CI once saw 428 renewals at the
+			// lease's end and no overlap): up to plantRuns runs must
+			// between them report every wanted check.
+			found := map[string]int{}
+			for run := 1; run <= plantRuns; run++ {
+				rep := edgeRun(t, c.o, c.edges)
+				missing := 0
+				for _, w := range c.want {
+					found[w] += rep.Count(w)
+					if found[w] == 0 {
+						missing++
+					}
+				}
+				if missing == 0 {
+					break
+				}
+			}
 			for _, w := range c.want {
-				if rep.Count(w) == 0 {
-					t.Errorf("planted %s: no %s violation; got %v", c.name, w, rep.Violations)
+				if found[w] == 0 {
+					t.Errorf("planted %s: no %s violation in %d runs", c.name, w, plantRuns)
 				} else {
-					t.Logf("planted %s: %d %s violation(s)", c.name, rep.Count(w), w)
+					t.Logf("planted %s: %d %s violation(s)", c.name, found[w], w)
 				}
 			}
 		})
 	}
 }
+
+// plantRuns bounds the runs a planted bug gets to show itself in.
+const plantRuns = 3

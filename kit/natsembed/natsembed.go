@@ -83,7 +83,27 @@ type Cluster struct {
 }
 
 // StartCluster starts n clustered servers whose data lives under dir.
+//
+// The route ports are picked free before the servers bind them, so another
+// process may take one in between; a node that cannot bind never becomes
+// ready (CI saw "cluster node n0 not ready" once). A start that fails so
+// is retried on fresh ports and a fresh directory, twice.
 func StartCluster(n int, dir string) (*Cluster, error) {
+	var err error
+	for attempt := range 3 {
+		sub := dir
+		if attempt > 0 {
+			sub = fmt.Sprintf("%s/retry%d", dir, attempt)
+		}
+		var c *Cluster
+		if c, err = startCluster(n, sub); err == nil {
+			return c, nil
+		}
+	}
+	return nil, err
+}
+
+func startCluster(n int, dir string) (*Cluster, error) {
 	ports := make([]int, n)
 	for i := range ports {
 		p, err := tcpproxy.FreePort()
@@ -115,13 +135,20 @@ func StartCluster(n int, dir string) (*Cluster, error) {
 	for i, s := range c.Nodes {
 		if !s.ReadyForConnections(15 * time.Second) {
 			c.Shutdown()
+			for _, s := range c.Nodes {
+				s.WaitForShutdown()
+			}
 			return nil, fmt.Errorf("cluster node %s not ready", s.Name())
 		}
 		// Pin the port the node got, so Restart brings it back where
 		// clients will reconnect.
 		c.opts[i].Port = s.Addr().(*net.TCPAddr).Port
 	}
-	return c, c.waitJetStream(30 * time.Second)
+	if err := c.waitJetStream(30 * time.Second); err != nil {
+		c.Shutdown()
+		return nil, err
+	}
+	return c, nil
 }
 
 func (c *Cluster) waitJetStream(d time.Duration) error {
