@@ -35,6 +35,11 @@ const (
 	// HeaderMovedExpires is the unix ms at which the server would have
 	// expired the moved value; the copy's TTL is what remains of it.
 	HeaderMovedExpires = "Latchkey-Moved-Expires"
+	// HeaderMoveTombstone marks a tombstone the mover writes on a shard
+	// about to receive a key, over what an earlier epoch left there (a
+	// moved marker, an orphan): it changes no key, so watches emit no
+	// event for it, as for markers and copies (HeaderRevision).
+	HeaderMoveTombstone = "Latchkey-Move-Tombstone"
 )
 
 // Headers of shard requests from routers.
