@@ -95,12 +95,26 @@ type watchHub struct {
 	// marker (key -> its sequence): the view keeps tombstones without
 	// saying why, and a resume must tell deletes from expiries.
 	expired map[string]uint64
-	feeds   map[string]*feed
-	closed  bool
+	// moveWrites holds the keys whose current message a move of the shard
+	// set wrote without changing the key (key -> its sequence): a copy
+	// from the key's old shard, or a tombstone the mover left on a shard
+	// about to receive the key. Neither is an event, live or in a resume's
+	// catch-up; the view does not say which entries they are.
+	moveWrites map[string]uint64
+	feeds      map[string]*feed
+	closed     bool
 }
 
 func newWatchHub(sh *shard, pub *nats.Conn) *watchHub {
-	return &watchHub{sh: sh, pub: pub, expired: map[string]uint64{}, feeds: map[string]*feed{}}
+	return &watchHub{sh: sh, pub: pub, expired: map[string]uint64{}, moveWrites: map[string]uint64{}, feeds: map[string]*feed{}}
+}
+
+// isMoveWrite reports a message a move wrote to hand a key over (copy,
+// moved marker, or the tombstone shardfmt.HeaderMoveTombstone marks): it
+// changes where the key lives, not the key, so it is no watch event
+// (docs/API.md, "Watch").
+func isMoveWrite(hdr nats.Header) bool {
+	return shardfmt.MovedTo(hdr) != "" || hdr.Get(hdrRevision) != "" || hdr.Get(shardfmt.HeaderMoveTombstone) != ""
 }
 
 // observe is called by the shard for every message its view applied, in
@@ -122,14 +136,20 @@ func (h *watchHub) observe(key string, isKey bool, seq, rev uint64, ts time.Time
 		} else if old, ok := h.expired[key]; ok && old < seq {
 			delete(h.expired, key)
 		}
+		// Markers need no entry here: the view marks them (entry.moved).
+		if shardfmt.MovedTo(hdr) == "" && isMoveWrite(hdr) {
+			if old, ok := h.moveWrites[key]; !ok || old < seq {
+				h.moveWrites[key] = seq
+			}
+		} else if old, ok := h.moveWrites[key]; ok && old < seq {
+			delete(h.moveWrites, key)
+		}
 	}
 	if seq <= h.pos {
 		return // a redelivery after a consumer restart
 	}
 	h.pos, h.posTime = seq, ts.UnixMilli()
-	if !isKey || len(h.feeds) == 0 || shardfmt.MovedTo(hdr) != "" || hdr.Get(hdrRevision) != "" {
-		// A move's markers and copies change where a key lives, not the
-		// key: they emit no events (docs/API.md, "Watch").
+	if !isKey || len(h.feeds) == 0 || isMoveWrite(hdr) {
 		return
 	}
 	cursor := watchspec.FormatCursor(seq, h.posTime)
@@ -427,16 +447,26 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 	if old, ok := h.feeds[f.id]; ok {
 		old.end(apierr.ReasonClientCancel, "replaced: a watch with this id started again")
 	}
+	// What a catch-up leaves out: a move's messages (the copy of a key a
+	// watcher saw on its old shard, markers, the mover's tombstones) and
+	// orphans (never served). A continued initial snapshot keeps copies:
+	// there they are the key's state, not a change.
+	skip := func(e entry) bool {
+		if e.orphan || e.moved {
+			return true
+		}
+		return !r.CatchUpDone && h.moveWrites[string(e.key())] == e.seq
+	}
 	switch {
 	case r.Initial:
-		for _, e := range sh.view.changedSince(f, 0, true) {
+		for _, e := range sh.view.changedSince(f, 0, true, func(e entry) bool { return e.orphan }) {
 			f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_PUT, Key: string(e.key()), Value: e.value(),
 				Revision: e.rev, Cursor: watchspec.FormatCursor(e.seq, h.posTime)})
 		}
 		f.replay(&pb.WatchEvent{Type: pb.WatchEventType_WATCH_EVENT_TYPE_INITIAL_DONE, Cursor: h.cursorLocked()})
 	case r.Cursor != "":
 		_, ms, _ := watchspec.ParseCursor(r.Cursor)
-		for _, e := range sh.view.changedSince(f, from, false) {
+		for _, e := range sh.view.changedSince(f, from, false, skip) {
 			ev := &pb.WatchEvent{Key: string(e.key()), Revision: e.rev, Cursor: watchspec.FormatCursor(e.seq, ms)}
 			switch {
 			case e.live:
@@ -459,11 +489,13 @@ func (sh *shard) startFeed(ctx context.Context, r *pb.ShardWatchRequest) (*pb.Sh
 }
 
 // changedSince returns the view's entries matching f with a sequence above
-// from, in sequence order: live ones only for an initial snapshot, live
-// ones and tombstones for a resume. The view keeps one entry per key, so a
-// resume delivers each changed key's latest state (intermediate versions
-// are compacted, deletes and expiries are kept as tombstones).
-func (v *view) changedSince(f *feed, from uint64, liveOnly bool) []entry {
+// from, in sequence order, that skip does not leave out: live ones only
+// for an initial snapshot, live ones and tombstones for a resume. The view
+// keeps one entry per key, so a resume delivers each changed key's latest
+// state (intermediate versions are compacted, deletes and expiries are
+// kept as tombstones). skip runs under the view's lock (the caller holds
+// the hub's, which observe takes after the view's, never inside it).
+func (v *view) changedSince(f *feed, from uint64, liveOnly bool, skip func(entry) bool) []entry {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	var out []entry
@@ -471,7 +503,7 @@ func (v *view) changedSince(f *feed, from uint64, liveOnly bool) []entry {
 		if f.key == "" && !bytes.HasPrefix(e.key(), []byte(f.prefix)) {
 			return false
 		}
-		if e.seq > from && (e.live || !liveOnly) {
+		if e.seq > from && (e.live || !liveOnly) && !skip(e) {
 			out = append(out, e)
 		}
 		return f.key == ""
@@ -586,7 +618,14 @@ func (wc *watchControl) handle(m *nats.Msg) {
 			}
 		}
 	case subjects.WatchOpCancel:
+		r := &pb.WatchCancelRequest{}
+		if codec.Decode(m.Data, asJSON, r) != nil {
+			return
+		}
 		for _, sh := range wc.shards {
+			if len(r.Shards) > 0 && !slices.Contains(r.Shards, sh.id) {
+				continue // only some shards' feeds end (a drained shard)
+			}
 			if f := sh.feed.lookup(id); f != nil {
 				f.end(apierr.ReasonClientCancel, string(apierr.ReasonClientCancel)+": the watch was cancelled")
 				served = append(served, sh.id)

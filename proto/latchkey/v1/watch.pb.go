@@ -107,7 +107,14 @@ type WatchRequest struct {
 	// With cursors: end each shard's catch-up with INITIAL_DONE. A client
 	// whose initial snapshot was interrupted resumes it this way instead of
 	// starting over.
-	CatchUpDone   bool `protobuf:"varint,6,opt,name=catch_up_done,json=catchUpDone,proto3" json:"catch_up_done,omitempty"`
+	CatchUpDone bool `protobuf:"varint,6,opt,name=catch_up_done,json=catchUpDone,proto3" json:"catch_up_done,omitempty"`
+	// Extend a running watch (with shards): the id of the watch whose feeds
+	// to add. prefix, key and deliver must be the watch's own.
+	WatchId string `protobuf:"bytes,7,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	// With watch_id: start feeds on these shards only (shards a move of the
+	// shard set added since the watch started), each from cursors[id] or,
+	// without one, from the start of that shard's stream.
+	Shards        []string `protobuf:"bytes,8,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -184,12 +191,31 @@ func (x *WatchRequest) GetCatchUpDone() bool {
 	return false
 }
 
+func (x *WatchRequest) GetWatchId() string {
+	if x != nil {
+		return x.WatchId
+	}
+	return ""
+}
+
+func (x *WatchRequest) GetShards() []string {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 // WatchResponse answers latchkey.kv.watch.
 type WatchResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	WatchId string                 `protobuf:"bytes,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
 	// Shard id -> where that shard's feed starts.
-	Cursors       map[string]string `protobuf:"bytes,2,rep,name=cursors,proto3" json:"cursors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Cursors map[string]string `protobuf:"bytes,2,rep,name=cursors,proto3" json:"cursors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The shards a watch must cover now: the shard map's, plus the new
+	// shards of a move that is running (or being undone). A resume may also
+	// have started feeds on shards outside it (cursors), which a move
+	// removed: they only drain (WatchKeepaliveResponse.drain_to).
+	Shards        []string `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +264,13 @@ func (x *WatchResponse) GetCursors() map[string]string {
 	return nil
 }
 
+func (x *WatchResponse) GetShards() []string {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 // WatchKeepaliveRequest travels on latchkey.kv.watch.keepalive.
 type WatchKeepaliveRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -245,7 +278,13 @@ type WatchKeepaliveRequest struct {
 	// Optional flow control: shard id -> the last seq the client consumed.
 	// A feed whose sent events run too far ahead of it is cancelled with
 	// reason slow_consumer instead of queueing without bound.
-	Acked         map[string]uint64 `protobuf:"bytes,2,rep,name=acked,proto3" json:"acked,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Acked map[string]uint64 `protobuf:"bytes,2,rep,name=acked,proto3" json:"acked,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Optional: the shards whose feeds the client follows. With it, the
+	// keepalive checks those feeds only and answers the shards the watch
+	// must cover (a client adds the missing ones with WatchRequest.shards);
+	// without it, a watch lacking a shard a move added is a 404
+	// watch_resharded.
+	Shards        []string `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,9 +333,24 @@ func (x *WatchKeepaliveRequest) GetAcked() map[string]uint64 {
 	return nil
 }
 
+func (x *WatchKeepaliveRequest) GetShards() []string {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
 // WatchKeepaliveResponse answers latchkey.kv.watch.keepalive.
 type WatchKeepaliveResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shards the watch must cover now (see WatchResponse.shards); only
+	// when the request named its shards.
+	Shards []string `protobuf:"bytes,1,rep,name=shards,proto3" json:"shards,omitempty"`
+	// Shard id -> stream position, for shards of the request that a finished
+	// move removed: that shard's feed carries no event past the position, so
+	// once the client's cursor for it has reached the position (an event or
+	// a heartbeat), it drops the shard (WatchCancelRequest.shards).
+	DrainTo       map[string]uint64 `protobuf:"bytes,2,rep,name=drain_to,json=drainTo,proto3" json:"drain_to,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -331,10 +385,27 @@ func (*WatchKeepaliveResponse) Descriptor() ([]byte, []int) {
 	return file_latchkey_v1_watch_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *WatchKeepaliveResponse) GetShards() []string {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *WatchKeepaliveResponse) GetDrainTo() map[string]uint64 {
+	if x != nil {
+		return x.DrainTo
+	}
+	return nil
+}
+
 // WatchCancelRequest travels on latchkey.kv.watch.cancel.
 type WatchCancelRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WatchId       string                 `protobuf:"bytes,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	WatchId string                 `protobuf:"bytes,1,opt,name=watch_id,json=watchId,proto3" json:"watch_id,omitempty"`
+	// Optional: end only these shards' feeds (a drained shard); all when
+	// empty.
+	Shards        []string `protobuf:"bytes,2,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -374,6 +445,13 @@ func (x *WatchCancelRequest) GetWatchId() string {
 		return x.WatchId
 	}
 	return ""
+}
+
+func (x *WatchCancelRequest) GetShards() []string {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
 }
 
 // WatchCancelResponse answers latchkey.kv.watch.cancel.
@@ -730,33 +808,43 @@ var File_latchkey_v1_watch_proto protoreflect.FileDescriptor
 
 const file_latchkey_v1_watch_proto_rawDesc = "" +
 	"\n" +
-	"\x17latchkey/v1/watch.proto\x12\vlatchkey.v1\"\x8e\x02\n" +
+	"\x17latchkey/v1/watch.proto\x12\vlatchkey.v1\"\xc1\x02\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12@\n" +
 	"\acursors\x18\x03 \x03(\v2&.latchkey.v1.WatchRequest.CursorsEntryR\acursors\x12\x18\n" +
 	"\ainitial\x18\x04 \x01(\bR\ainitial\x12\x18\n" +
 	"\adeliver\x18\x05 \x01(\tR\adeliver\x12\"\n" +
-	"\rcatch_up_done\x18\x06 \x01(\bR\vcatchUpDone\x1a:\n" +
+	"\rcatch_up_done\x18\x06 \x01(\bR\vcatchUpDone\x12\x19\n" +
+	"\bwatch_id\x18\a \x01(\tR\awatchId\x12\x16\n" +
+	"\x06shards\x18\b \x03(\tR\x06shards\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc1\x01\n" +
 	"\rWatchResponse\x12\x19\n" +
 	"\bwatch_id\x18\x01 \x01(\tR\awatchId\x12A\n" +
-	"\acursors\x18\x02 \x03(\v2'.latchkey.v1.WatchResponse.CursorsEntryR\acursors\x1a:\n" +
+	"\acursors\x18\x02 \x03(\v2'.latchkey.v1.WatchResponse.CursorsEntryR\acursors\x12\x16\n" +
+	"\x06shards\x18\x03 \x03(\tR\x06shards\x1a:\n" +
 	"\fCursorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
 	"\x15WatchKeepaliveRequest\x12\x19\n" +
 	"\bwatch_id\x18\x01 \x01(\tR\awatchId\x12C\n" +
-	"\x05acked\x18\x02 \x03(\v2-.latchkey.v1.WatchKeepaliveRequest.AckedEntryR\x05acked\x1a8\n" +
+	"\x05acked\x18\x02 \x03(\v2-.latchkey.v1.WatchKeepaliveRequest.AckedEntryR\x05acked\x12\x16\n" +
+	"\x06shards\x18\x03 \x03(\tR\x06shards\x1a8\n" +
 	"\n" +
 	"AckedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x18\n" +
-	"\x16WatchKeepaliveResponse\"/\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xb9\x01\n" +
+	"\x16WatchKeepaliveResponse\x12\x16\n" +
+	"\x06shards\x18\x01 \x03(\tR\x06shards\x12K\n" +
+	"\bdrain_to\x18\x02 \x03(\v20.latchkey.v1.WatchKeepaliveResponse.DrainToEntryR\adrainTo\x1a:\n" +
+	"\fDrainToEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"G\n" +
 	"\x12WatchCancelRequest\x12\x19\n" +
-	"\bwatch_id\x18\x01 \x01(\tR\awatchId\"\x15\n" +
+	"\bwatch_id\x18\x01 \x01(\tR\awatchId\x12\x16\n" +
+	"\x06shards\x18\x02 \x03(\tR\x06shards\"\x15\n" +
 	"\x13WatchCancelResponse\"\xf4\x01\n" +
 	"\n" +
 	"WatchEvent\x12\x19\n" +
@@ -804,7 +892,7 @@ func file_latchkey_v1_watch_proto_rawDescGZIP() []byte {
 }
 
 var file_latchkey_v1_watch_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_latchkey_v1_watch_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_latchkey_v1_watch_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_latchkey_v1_watch_proto_goTypes = []any{
 	(WatchEventType)(0),                 // 0: latchkey.v1.WatchEventType
 	(*WatchRequest)(nil),                // 1: latchkey.v1.WatchRequest
@@ -820,17 +908,19 @@ var file_latchkey_v1_watch_proto_goTypes = []any{
 	nil,                                 // 11: latchkey.v1.WatchRequest.CursorsEntry
 	nil,                                 // 12: latchkey.v1.WatchResponse.CursorsEntry
 	nil,                                 // 13: latchkey.v1.WatchKeepaliveRequest.AckedEntry
+	nil,                                 // 14: latchkey.v1.WatchKeepaliveResponse.DrainToEntry
 }
 var file_latchkey_v1_watch_proto_depIdxs = []int32{
 	11, // 0: latchkey.v1.WatchRequest.cursors:type_name -> latchkey.v1.WatchRequest.CursorsEntry
 	12, // 1: latchkey.v1.WatchResponse.cursors:type_name -> latchkey.v1.WatchResponse.CursorsEntry
 	13, // 2: latchkey.v1.WatchKeepaliveRequest.acked:type_name -> latchkey.v1.WatchKeepaliveRequest.AckedEntry
-	0,  // 3: latchkey.v1.WatchEvent.type:type_name -> latchkey.v1.WatchEventType
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 3: latchkey.v1.WatchKeepaliveResponse.drain_to:type_name -> latchkey.v1.WatchKeepaliveResponse.DrainToEntry
+	0,  // 4: latchkey.v1.WatchEvent.type:type_name -> latchkey.v1.WatchEventType
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_latchkey_v1_watch_proto_init() }
@@ -844,7 +934,7 @@ func file_latchkey_v1_watch_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_latchkey_v1_watch_proto_rawDesc), len(file_latchkey_v1_watch_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
