@@ -124,6 +124,9 @@ type Watcher struct {
 	resumes   atomic.Int64
 	cancelled atomic.Int64
 	kick      chan string
+	// reshard carries keepalive answers that name a different set of
+	// shards to the run loop, which adds and drops feeds (extend).
+	reshard chan *pb.WatchKeepaliveResponse
 }
 
 type shardFeed struct {
@@ -137,6 +140,10 @@ type shardFeed struct {
 	cursor  string
 	heard   time.Time
 	initial bool // INITIAL_DONE seen
+	// drainTo, for a shard a move removed from the set: the stream
+	// position after which its feed carries no event; once the cursor has
+	// reached it the shard is dropped. 0 = the shard is in the set.
+	drainTo uint64
 }
 
 // Watch follows every key that starts with prefix ("" = every key) on every
@@ -154,7 +161,8 @@ func (c *Client) Watch(ctx context.Context, prefix string, opts ...WatchOption) 
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{c: c, cfg: cfg, prefix: prefix, stop: cancel, done: make(chan struct{}),
-		events: make(chan Event, 64), msgs: make(chan *nats.Msg, cfg.buffer), kick: make(chan string, 1)}
+		events: make(chan Event, 64), msgs: make(chan *nats.Msg, cfg.buffer), kick: make(chan string, 1),
+		reshard: make(chan *pb.WatchKeepaliveResponse, 1)}
 	w.inbox = c.nc.NewInbox()
 	sub, err := c.nc.ChanSubscribe(w.inbox, w.msgs)
 	if err != nil {
@@ -268,6 +276,8 @@ func (w *Watcher) run(ctx context.Context) {
 			w.err = fmt.Errorf("%w: %w", ErrWatchClosed, context.Cause(ctx))
 			return
 		case why = <-w.kick:
+		case ka := <-w.reshard:
+			why = w.follow(ctx, ka)
 		case <-tick.C:
 			why = w.silent()
 			if why == "" {
@@ -292,6 +302,7 @@ func (w *Watcher) run(ctx context.Context) {
 				}
 				w.mu.Unlock()
 			}
+			w.dropDrained()
 			if why == "" && len(w.msgs) == 0 {
 				// Caught up with the buffer: if nats.go dropped messages
 				// meanwhile, they are lost for sure; resume now rather
@@ -462,9 +473,17 @@ func (w *Watcher) keepalive(ctx context.Context) {
 		req := &pb.WatchKeepaliveRequest{WatchId: w.id, Acked: map[string]uint64{}}
 		for id, s := range w.shards {
 			req.Acked[id] = s.seq
+			req.Shards = append(req.Shards, id)
 		}
 		w.mu.Unlock()
-		err := w.c.call(ctx, subjects.KVWatchKeepalive, req, &pb.WatchKeepaliveResponse{})
+		resp := &pb.WatchKeepaliveResponse{}
+		err := w.c.call(ctx, subjects.KVWatchKeepalive, req, resp)
+		if err == nil && w.reshardNeeded(req.WatchId, resp) {
+			select {
+			case w.reshard <- resp:
+			default:
+			}
+		}
 		if errors.Is(err, apierr.ErrNotFound) {
 			w.mu.Lock()
 			same := w.id == req.WatchId
@@ -477,6 +496,102 @@ func (w *Watcher) keepalive(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// reshardNeeded says whether a keepalive answer of watch id names shards
+// the watcher does not follow, or drain points it has not noted.
+func (w *Watcher) reshardNeeded(id string, resp *pb.WatchKeepaliveResponse) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if id != w.id || len(resp.Shards) == 0 {
+		return false
+	}
+	for _, sid := range resp.Shards {
+		if w.shards[sid] == nil {
+			return true
+		}
+	}
+	for sid, pos := range resp.DrainTo {
+		if s := w.shards[sid]; s != nil && s.drainTo != max(pos, 1) {
+			return true
+		}
+	}
+	return false
+}
+
+// follow adapts the watch to the shard set a keepalive answered: a shard a
+// move added gets its feed, from the start of its stream (a move's copies
+// there are no events, so that is exactly the writes made on it since it
+// joined; a key written there before the feed started arrives in its
+// latest state); a shard a move removed is dropped once its cursor has
+// reached its drain point. It returns a reason to resume when the new
+// feeds cannot be added.
+func (w *Watcher) follow(ctx context.Context, ka *pb.WatchKeepaliveResponse) string {
+	w.mu.Lock()
+	id := w.id
+	var add []string
+	for _, sid := range ka.Shards {
+		if w.shards[sid] == nil {
+			add = append(add, sid)
+		}
+	}
+	for sid, pos := range ka.DrainTo {
+		if s := w.shards[sid]; s != nil {
+			s.drainTo = max(pos, 1)
+		}
+	}
+	w.mu.Unlock()
+	w.dropDrained()
+	if len(add) == 0 {
+		return ""
+	}
+	req := &pb.WatchRequest{WatchId: id, Shards: add, Deliver: w.inbox}
+	if w.cfg.key {
+		req.Key = w.prefix
+	} else {
+		req.Prefix = w.prefix
+	}
+	resp := &pb.WatchResponse{}
+	if err := w.c.call(ctx, subjects.KVWatch, req, resp); err != nil {
+		return fmt.Sprintf("adding shard(s) %v to the watch: %v", add, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.id != id {
+		return ""
+	}
+	// Until the new feed's first event, a resume must start it where
+	// this one started: the stream's start.
+	start := "0-" + strconv.FormatInt(time.Now().UnixMilli(), 10)
+	for sid := range resp.Cursors {
+		if w.shards[sid] == nil {
+			w.shards[sid] = &shardFeed{cursor: start, heard: time.Now(), initial: true}
+		}
+	}
+	return ""
+}
+
+// dropDrained drops the shards a move removed whose feeds have delivered
+// everything up to their drain point, and ends those feeds.
+func (w *Watcher) dropDrained() {
+	w.mu.Lock()
+	id := w.id
+	var done []string
+	for sid, s := range w.shards {
+		if s.drainTo > 0 && cursorSeq(s.cursor) >= s.drainTo && s.initial {
+			done = append(done, sid)
+			delete(w.shards, sid)
+		}
+	}
+	w.mu.Unlock()
+	if len(done) == 0 {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = w.c.call(ctx, subjects.KVWatchCancel, &pb.WatchCancelRequest{WatchId: id, Shards: done}, &pb.WatchCancelResponse{})
+	}()
 }
 
 // cursorSeq is the stream position in a cursor ("<seq>-<unix_ms>", API.md

@@ -58,6 +58,10 @@ const (
 const (
 	ReasonNotFound  Reason = "not_found"  // the key is absent
 	ReasonWatchGone Reason = "watch_gone" // a keepalive reached no feed of the watch
+	// ReasonWatchResharded: a keepalive of a watch that lacks a shard a
+	// move of the shard set added; resume, and the new shard's feed starts
+	// from its stream's start.
+	ReasonWatchResharded Reason = "watch_resharded"
 )
 
 // The reasons of 409 replies (ErrConflict): a precondition failed.
@@ -156,7 +160,7 @@ func init() {
 			ReasonMissingToken, ReasonInvalidWaitMs, ReasonTTLOnDelete, ReasonUnknownToken, ReasonUnknownOp,
 			ReasonPrefixAndKey, ReasonInitialWithCursors, ReasonUnknownShard, ReasonInvalidWatchID,
 			ReasonInvalidDeliver, ReasonInvalidCursor},
-		ErrNotFound: {ReasonNotFound, ReasonWatchGone},
+		ErrNotFound: {ReasonNotFound, ReasonWatchGone, ReasonWatchResharded},
 		ErrConflict: {ReasonRevisionMismatch, ReasonStaleFence, ReasonLockHeld, ReasonNotHeld,
 			ReasonRenewTooLate, ReasonFencedKeyTTL, ReasonTooManyFences, ReasonCursorExpired,
 			ReasonEpochMismatch, ReasonMoveRunning},

@@ -52,14 +52,45 @@ type routing struct {
 	// seen identifies the record version (epoch and move) this routing
 	// was built from, so a change of the move alone replaces it.
 	seen string
+	// watch is the sorted set of shards a watch covers (watch.go): the
+	// map's, and while keys may sit on a move's new shards (it runs, or
+	// an abort is giving them back) those too.
+	watch []string
+	// added holds the shards of watch the last move brought in: a resume
+	// that has no cursor for one started before it joined, so its feed
+	// starts from the stream's start. removed holds the shards the last
+	// move took out of watch: a resume's cursor for one drains it.
+	added, removed map[string]bool
+	drains         *drainCache // drain points of removed shards (watch.go)
 }
 
 func routingOf(m *pb.ShardMap) *routing {
-	r := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards), seen: fmt.Sprint(m.Epoch)}
-	if mo := m.Move; mo != nil && (running(mo) || unfinished(mo)) && len(mo.ToShards) > 0 {
+	r := &routing{epoch: m.Epoch, hash: consistenthash.New(m.Shards), seen: fmt.Sprint(m.Epoch),
+		watch: slices.Sorted(slices.Values(m.Shards)), added: map[string]bool{}, removed: map[string]bool{},
+		drains: &drainCache{pos: map[string]uint64{}}}
+	mo := m.Move
+	if mo != nil && (running(mo) || unfinished(mo)) && len(mo.ToShards) > 0 {
 		r.target = consistenthash.New(mo.ToShards)
 		r.moving = running(mo)
 		r.seen = fmt.Sprint(m.Epoch, mo.ToShards, mo.State, mo.Returned)
+		for _, id := range mo.ToShards {
+			if !slices.Contains(r.watch, id) {
+				r.watch = append(r.watch, id)
+			}
+		}
+		slices.Sort(r.watch)
+	}
+	if mo != nil {
+		for _, id := range r.watch {
+			if !slices.Contains(mo.FromShards, id) {
+				r.added[id] = true
+			}
+		}
+		for _, id := range append(slices.Clone(mo.FromShards), mo.ToShards...) {
+			if !slices.Contains(r.watch, id) {
+				r.removed[id] = true
+			}
+		}
 	}
 	return r
 }
