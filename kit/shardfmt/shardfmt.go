@@ -50,6 +50,12 @@ const (
 	HeaderHandover = "Latchkey-Handover"
 	// HeaderEpoch carries the epoch of the sender's shard map.
 	HeaderEpoch = "Latchkey-Epoch"
+	// HeaderScanHandedOver on a scan asks the shard to also name, in its
+	// page's handed_over, the keys it handed over and no longer serves
+	// (a router scanning during a move finds those on their new shard).
+	// Routers send it only while a move is running or being undone: old
+	// markers would otherwise fill every page.
+	HeaderScanHandedOver = "Latchkey-Scan-Handed-Over"
 )
 
 // Reserved last subject tokens of records in a shard's bucket; they lie

@@ -74,7 +74,7 @@ func TestBusyShardReadsBehindBarrier(t *testing.T) {
 // once it stays behind for lagTolerance, and stops being when it catches up.
 func TestLaggingCountsFromWhenTheViewFellBehind(t *testing.T) {
 	sh := &shard{view: newView()}
-	sh.view.apply("k", true, 10, revInfo{}, false, false, false, 0, true, []byte("v"), "")
+	sh.view.apply("k", true, 10, revInfo{}, false, false, false, false, 0, true, []byte("v"), "")
 	sh.noteAcked(10)
 	time.Sleep(lagTolerance + 50*time.Millisecond) // idle: progress is old now
 	sh.noteAcked(11)
@@ -85,7 +85,7 @@ func TestLaggingCountsFromWhenTheViewFellBehind(t *testing.T) {
 	if !sh.lagging() {
 		t.Fatal("a view behind an acknowledged write for longer than lagTolerance is not lagging")
 	}
-	sh.view.apply("k", true, 11, revInfo{}, false, false, false, 0, true, []byte("w"), "")
+	sh.view.apply("k", true, 11, revInfo{}, false, false, false, false, 0, true, []byte("w"), "")
 	if sh.lagging() {
 		t.Fatal("a view that caught up still lags")
 	}

@@ -17,7 +17,7 @@ import (
 // stalled, returned values 13-19 s old).
 func TestViewWithAGapIsNoCutUntilCaughtUp(t *testing.T) {
 	v := newView()
-	v.apply("k", true, 1, revInfo{}, false, false, false, 0, true, []byte("v1"), "")
+	v.apply("k", true, 1, revInfo{}, false, false, false, false, 0, true, []byte("v1"), "")
 	v.caughtUp(1)
 	done, cancel := context.WithCancel(context.Background())
 	cancel() // the waits below must decide at once
@@ -26,7 +26,7 @@ func TestViewWithAGapIsNoCutUntilCaughtUp(t *testing.T) {
 	}
 	// Revision 2 (k = v2) was deleted before delivery; the barrier at 3
 	// comes with one message still pending.
-	v.apply(barrierToken, false, 3, revInfo{}, false, false, false, 0, false, nil, "")
+	v.apply(barrierToken, false, 3, revInfo{}, false, false, false, false, 0, false, nil, "")
 	if err := v.wait(done, 3); err != nil {
 		t.Fatalf("applied sequence 3 not reached: %v", err)
 	}
@@ -34,7 +34,7 @@ func TestViewWithAGapIsNoCutUntilCaughtUp(t *testing.T) {
 		b := v.lookup("k")
 		t.Fatalf("the view counts as a cut at 3 past a gap, and would answer k = %q at revision %d, missing revision 2", b.value, b.rev)
 	}
-	v.apply("k", true, 4, revInfo{}, false, false, false, 0, true, []byte("v4"), "")
+	v.apply("k", true, 4, revInfo{}, false, false, false, false, 0, true, []byte("v4"), "")
 	v.caughtUp(4)
 	if err := v.waitCut(done, 3); err != nil {
 		t.Fatalf("a view caught up with the stream is no cut: %v", err)
@@ -44,7 +44,7 @@ func TestViewWithAGapIsNoCutUntilCaughtUp(t *testing.T) {
 	}
 	// A message older than the gap with nothing pending (a lagging second
 	// consumer's) does not end it.
-	v.apply("k", true, 7, revInfo{}, false, false, false, 0, true, []byte("v7"), "")
+	v.apply("k", true, 7, revInfo{}, false, false, false, false, 0, true, []byte("v7"), "")
 	v.caughtUp(5)
 	if err := v.waitCut(done, 7); err == nil {
 		t.Fatal("an older caught-up message ended a later gap")

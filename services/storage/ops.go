@@ -9,6 +9,7 @@ import (
 	"github.com/latchkey/latchkey/kit/codec"
 	"github.com/latchkey/latchkey/kit/limits"
 	"github.com/latchkey/latchkey/kit/service"
+	"github.com/latchkey/latchkey/kit/shardfmt"
 	"github.com/latchkey/latchkey/kit/subjects"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"google.golang.org/protobuf/proto"
@@ -195,8 +196,9 @@ func (sh *shard) scan(ctx context.Context, req *service.Request) (proto.Message,
 	if req.JSON {
 		budget /= 2 // base64 values and escaped keys grow in protojson
 	}
-	items, more := sh.view.scan(sh.id, r.Prefix, r.After, limit, budget)
-	return &pb.ScanResponse{Items: items, More: more}, nil
+	report := req.Msg != nil && req.Msg.Header.Get(shardfmt.HeaderScanHandedOver) != ""
+	items, handed, more := sh.view.scan(sh.id, r.Prefix, r.After, limit, budget, report)
+	return &pb.ScanResponse{Items: items, More: more, HandedOver: handed}, nil
 }
 
 // batchedReadWait bounds how long a linearizable get waits for the view on

@@ -202,7 +202,8 @@ func (sh *shard) onMsg(m jetstream.Msg) {
 	key, err := decodeKey(token)
 	moved := shardfmt.MovedTo(h) != ""
 	orphan := err == nil && !moved && sh.isOrphan(key, seq, h)
-	rev := sh.view.apply(key, err == nil, seq, shardfmt.ReadRevInfo(h), shardfmt.IsServerMarker(h), moved, orphan, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
+	movedLive := moved && h.Get(shardfmt.HeaderMovedLive) == "1"
+	rev := sh.view.apply(key, err == nil, seq, shardfmt.ReadRevInfo(h), shardfmt.IsServerMarker(h), moved, movedLive, orphan, expiryNanos(md.Timestamp, h), isLive(h) && !moved, m.Data(), h.Get(hdrFences))
 	if md.NumPending == 0 {
 		sh.view.caughtUp(seq)
 	}

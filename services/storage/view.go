@@ -25,17 +25,21 @@ type entry struct {
 	klen  uint16
 	live  bool
 	moved bool // a moved marker: the key was handed to another shard
+	// movedLive: a moved marker of a key that held a value when it was
+	// handed over (shardfmt.HeaderMovedLive); scans during a move name
+	// such keys so the router finds them on their new shard.
+	movedLive bool
 	// orphan: a create stored after an ownership record that disowns the
 	// key, or a write on one; answered 503 and never served (handover.go).
 	orphan bool
 }
 
-func newEntry(key string, seq, rev uint64, exp int64, live, moved, orphan bool, value []byte, fences string) entry {
+func newEntry(key string, seq, rev uint64, exp int64, live, moved, movedLive, orphan bool, value []byte, fences string) entry {
 	kv := make([]byte, len(key)+len(fences)+len(value))
 	n := copy(kv, key)
 	n += copy(kv[n:], fences)
 	copy(kv[n:], value)
-	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live, moved: moved, orphan: orphan}
+	return entry{kv: kv, seq: seq, rev: rev, exp: exp, flen: uint32(len(fences)), klen: uint16(len(key)), live: live, moved: moved, movedLive: moved && movedLive, orphan: orphan}
 }
 
 func (e *entry) key() []byte    { return e.kv[:e.klen] }
@@ -119,8 +123,9 @@ func newView() *view {
 // apply records one message delivered by the consumer and returns its
 // revision. Ordered consumers may deliver a message again after a reset;
 // older sequences are ignored. isKey is false for messages that are not
-// keys (scan barriers, floor records).
-func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, moved, orphan bool, exp int64, live bool, value []byte, fences string) uint64 {
+// keys (scan barriers, floor records). movedLive matters only for a moved
+// marker: the key held a value when it was handed over.
+func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, moved, movedLive, orphan bool, exp int64, live bool, value []byte, fences string) uint64 {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.progress = time.Now()
@@ -131,7 +136,7 @@ func (v *view) apply(key string, isKey bool, seq uint64, ri revInfo, marker, mov
 			if moved {
 				value = nil // the marker's copy of the value is the mover's, not the view's
 			}
-			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, moved, orphan, value, fences))
+			v.tree.ReplaceOrInsert(newEntry(key, seq, rev, exp, live, moved, movedLive, orphan, value, fences))
 			if found && old.live {
 				v.live--
 			}
@@ -351,13 +356,24 @@ func (v *view) keyChanged(key string, seq uint64) (<-chan struct{}, func()) {
 // self is the shard's id: a key the last ownership record gives away is
 // listed only from a message older than the record (handover.go), so an
 // orphan is never listed.
-func (v *view) scan(self, prefix, after string, limit, budget int) (items []*pb.Item, more bool) {
+//
+// With report, the page also names in handed the keys of its range that
+// this shard handed over and no longer serves although they may hold a
+// value: a moved marker of a live key, and a live message newer than an
+// ownership record that gives the key away (an acknowledged write on a
+// message older than the record, which the mover's next pass hands over,
+// or an orphan, which it copies too). A router scanning during a move
+// looks those up on their new shard; every other key this shard does not
+// list held no value here as of the view (handover.go). Handed-over keys
+// count towards limit and budget like items, so the page's range ends at
+// the larger of its last item and its last handed-over key.
+func (v *view) scan(self, prefix, after string, limit, budget int, report bool) (items []*pb.Item, handed []string, more bool) {
 	start := prefix
 	if after > start {
 		start = after
 	}
 	pfx := []byte(prefix)
-	size := 0
+	size, n := 0, 0
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	v.tree.AscendGreaterOrEqual(probe(start), func(e entry) bool {
@@ -365,19 +381,33 @@ func (v *view) scan(self, prefix, after string, limit, budget int) (items []*pb.
 		if !bytes.HasPrefix(k, pfx) {
 			return false
 		}
-		if !e.live || string(k) == after || (!v.own.owns(self, string(k)) && e.seq > v.own.seq) {
+		if string(k) == after {
 			return true
 		}
-		n := len(e.kv) + 24
-		if len(items) == limit || (len(items) > 0 && size+n > budget) {
+		givenAway := !v.own.owns(self, string(k)) && e.seq > v.own.seq
+		served := e.live && !givenAway
+		gone := report && ((e.moved && e.movedLive) || (e.live && givenAway))
+		if !served && !gone {
+			return true
+		}
+		cost := len(k) + 8
+		if served {
+			cost = len(e.kv) + 24
+		}
+		if n == limit || (n > 0 && size+cost > budget) {
 			more = true
 			return false
 		}
-		size += n
-		items = append(items, &pb.Item{Key: string(k), Value: e.value(), Revision: e.rev})
+		size += cost
+		n++
+		if served {
+			items = append(items, &pb.Item{Key: string(k), Value: e.value(), Revision: e.rev})
+		} else {
+			handed = append(handed, string(k))
+		}
 		return true
 	})
-	return items, more
+	return items, handed, more
 }
 
 // keyLocks serialises this instance's writes to one key, so concurrent

@@ -31,7 +31,7 @@ func benchViewMemory(b *testing.B, shuffle bool) {
 		runtime.ReadMemStats(&before)
 		v := newView()
 		for i, k := range order {
-			v.apply(fmt.Sprintf("key:%016d", k), true, uint64(i+1), revInfo{}, false, false, false, 0, true, val, "")
+			v.apply(fmt.Sprintf("key:%016d", k), true, uint64(i+1), revInfo{}, false, false, false, false, 0, true, val, "")
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

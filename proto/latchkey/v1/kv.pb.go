@@ -624,7 +624,14 @@ type ScanResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Items []*Item                `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
 	// More keys with the prefix follow the last item.
-	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	More bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	// Internal, from a storage instance to a router only (a router never
+	// sends it): the keys in this page's range that the shard handed over
+	// during a move of the shard set and no longer serves, for a router that
+	// asked for them (header Latchkey-Scan-Handed-Over) to find on their new
+	// shard. They count towards the page's limit; the page ends at the
+	// larger of its last item and its last handed-over key.
+	HandedOver    []string `protobuf:"bytes,3,rep,name=handed_over,json=handedOver,proto3" json:"handed_over,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -671,6 +678,13 @@ func (x *ScanResponse) GetMore() bool {
 		return x.More
 	}
 	return false
+}
+
+func (x *ScanResponse) GetHandedOver() []string {
+	if x != nil {
+		return x.HandedOver
+	}
+	return nil
 }
 
 // Error is the body of every error reply; the same code and message also
@@ -780,10 +794,12 @@ const file_latchkey_v1_kv_proto_rawDesc = "" +
 	"\x04Item\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"K\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"l\n" +
 	"\fScanResponse\x12'\n" +
 	"\x05items\x18\x01 \x03(\v2\x11.latchkey.v1.ItemR\x05items\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"M\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\x12\x1f\n" +
+	"\vhanded_over\x18\x03 \x03(\tR\n" +
+	"handedOver\"M\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
