@@ -202,7 +202,7 @@ func (s *Server) forward(ctx context.Context, key, op string, in, out proto.Mess
 	if f := fenceOf(in); f != nil {
 		span.SetAttributes(telemetry.AttrFenced.Bool(true), telemetry.AttrLockName.String(f.Lock), telemetry.AttrLockToken.Int64(int64(f.Token)))
 	}
-	if err := s.callMoving(ctx, r, key, id, op, in, out); err != nil {
+	if err := s.callMoving(ctx, r, key, id, op, in, out, false); err != nil {
 		return nil, err
 	}
 	if rv, ok := out.(interface{ GetRevision() uint64 }); ok && rv.GetRevision() != 0 {
@@ -267,106 +267,6 @@ func (s *Server) request(ctx context.Context, msg *nats.Msg, id string, out prot
 	return service.TransportError(msg.Subject, err)
 }
 
-// scanSlack keeps a merged scan page this far under the server's
-// max_payload, as storage does for its own pages.
-const scanSlack = 64 << 10
-
-// scan asks every shard for the same page and merges the answers (see
-// merge). A failing shard fails the scan: a partial page would silently
-// skip keys.
-func (s *Server) scan(ctx context.Context, r *service.Request) (proto.Message, error) {
-	in := &pb.ScanRequest{}
-	if err := decodeCheck(r, in, s.max); err != nil {
-		return nil, err
-	}
-	limit, _ := limits.ScanLimit(in.Limit)
-	in.Limit = uint32(limit)
-	route := s.route.Load()
-	if route.target != nil {
-		// A key between its old and its new shard is on neither for a
-		// publish round trip; a page merged across both could miss it.
-		return nil, apierr.Errorf(apierr.ReasonHandover, "scans wait while the shard set changes (epoch %d); retry", route.epoch)
-	}
-	shards := route.hash.Shards()
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pages := make([]*pb.ScanResponse, len(shards))
-	var (
-		wg       sync.WaitGroup
-		once     sync.Once
-		firstErr error
-	)
-	for i, id := range shards {
-		pages[i] = &pb.ScanResponse{}
-		wg.Go(func() {
-			err := s.call(ctx, id, "scan", in, pages[i], s.epochHeader(nil))
-			if err == nil && pages[i].More && len(pages[i].Items) == 0 {
-				err = apierr.Errorf(apierr.ReasonBadShardPage, "shard %s answered a scan with more=true and no items", id)
-			}
-			if err != nil {
-				once.Do(func() { firstErr = err; cancel() })
-			}
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	budget := int(s.nc.MaxPayload()) - scanSlack
-	size := protoSize
-	if r.JSON {
-		size = jsonSize
-	}
-	return merge(pages, limit, budget, size), nil
-}
-
-// merge combines the shards' sorted pages into one page of at most limit
-// items in key order, under budget bytes as measured by size (but at least
-// one item). A shard that said more may hold keys after its last item that
-// it did not send (its page hit the limit or its own byte budget), so the
-// merge stops at the smallest such last key: nothing a shard withheld can
-// be skipped, and the next page starts after the last key returned.
-func merge(pages []*pb.ScanResponse, limit, budget int, size func(*pb.Item) int) *pb.ScanResponse {
-	out := &pb.ScanResponse{}
-	cutoff, bounded := "", false
-	for _, p := range pages {
-		if p.More && len(p.Items) > 0 {
-			if last := p.Items[len(p.Items)-1].Key; !bounded || last < cutoff {
-				cutoff, bounded = last, true
-			}
-		}
-	}
-	out.More = bounded
-	pos := make([]int, len(pages))
-	used := 0
-	for {
-		best := -1
-		for i, p := range pages {
-			if pos[i] < len(p.Items) && (best < 0 || p.Items[pos[i]].Key < pages[best].Items[pos[best]].Key) {
-				best = i
-			}
-		}
-		if best < 0 {
-			return out
-		}
-		it := pages[best].Items[pos[best]]
-		n := size(it)
-		if (bounded && it.Key > cutoff) || len(out.Items) == limit || (len(out.Items) > 0 && used+n > budget) {
-			out.More = true
-			return out
-		}
-		used += n
-		out.Items = append(out.Items, it)
-		pos[best]++
-	}
-}
-
-// protoSize and jsonSize estimate an item's share of a reply; JSON carries
-// values as base64 and may escape every key byte.
-func protoSize(it *pb.Item) int { return len(it.Key) + len(it.Value) + 24 }
-func jsonSize(it *pb.Item) int  { return 6*len(it.Key) + (len(it.Value)+2)/3*4 + 64 }
-
 // epochHeader returns hdr (a new one when nil) carrying this router's
 // map epoch (shardfmt.HeaderEpoch).
 func (s *Server) epochHeader(hdr nats.Header) nats.Header {
@@ -386,9 +286,10 @@ const maxMoveHops = 500
 // in the move's target set, which is asked next with shardfmt.HeaderHandover
 // (it answers 503 handover while the copy has not landed); a moved answer
 // with no target in sight re-reads the map. It retries within the caller's
-// deadline and returns the last error when that runs out.
-func (s *Server) callMoving(ctx context.Context, r *routing, key, id, op string, in, out proto.Message) error {
-	handover := false
+// deadline and returns the last error when that runs out. handover says
+// that id is already asked as the key's new owner (a scan that was told
+// the key was handed over).
+func (s *Server) callMoving(ctx context.Context, r *routing, key, id, op string, in, out proto.Message, handover bool) error {
 	for attempt := 0; ; attempt++ {
 		hdr := s.epochHeader(nil)
 		if handover {
