@@ -84,8 +84,9 @@ func (e *reshardEnv) mustGet(key string) *pb.GetResponse {
 	return resp
 }
 
-// move sets the shard set to shards and waits until the move is done.
-func (e *reshardEnv) move(shards ...string) {
+// move sets the shard set to shards, waits until the move is done and
+// returns the map then.
+func (e *reshardEnv) move(shards ...string) *pb.ShardsGetResponse {
 	e.t.Helper()
 	cur := &pb.ShardsGetResponse{}
 	if err := e.call(router.AdminShardsGet, &pb.ShardsGetRequest{}, cur); err != nil {
@@ -109,13 +110,11 @@ func (e *reshardEnv) move(shards ...string) {
 		// Done once flipped and, when it removed shards, once their
 		// streams are retired (a new move waits for that).
 		if got.Epoch == set.Epoch && got.Move.GetState() == pb.MoveState_MOVE_STATE_DONE && (got.Move.Retired || !slices.ContainsFunc(got.Move.FromShards, func(id string) bool { return !slices.Contains(got.Move.ToShards, id) })) {
-			// Every key handed over was unavailable for a while: the
-			// record says how long.
-			if mo := got.Move; mo.KeysMoved > 0 && (mo.FreezeMaxUs == 0 || mo.FreezeP99Us > mo.FreezeMaxUs) {
-				e.t.Fatalf("move to %v: %d keys moved, freeze p99 %d us, longest %d us", shards, mo.KeysMoved, mo.FreezeP99Us, mo.FreezeMaxUs)
+			if mo := got.Move; mo.FreezeP99Us > mo.FreezeMaxUs {
+				e.t.Fatalf("move to %v: freeze p99 %d us above the longest, %d us", shards, mo.FreezeP99Us, mo.FreezeMaxUs)
 			}
 			e.t.Logf("move to %v: %d keys, freeze p99 %d us, longest %d us", shards, got.Move.KeysMoved, got.Move.FreezeP99Us, got.Move.FreezeMaxUs)
-			return
+			return got
 		}
 		if s := got.Move.GetState(); s == pb.MoveState_MOVE_STATE_FAILED || s == pb.MoveState_MOVE_STATE_ABORTED {
 			e.t.Fatalf("move ended %v: %s", s, got.Move.Reason)
@@ -284,7 +283,12 @@ func TestReshardKeepsEveryKey(t *testing.T) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond)
-	e.move("0", "1", "2", "3")
+	// Every key a move hands over is unavailable for a while (a resumed
+	// move's keys, whose markers were in place, are not counted): the
+	// record says how long.
+	if mo := e.move("0", "1", "2", "3").Move; mo.KeysMoved == 0 || mo.FreezeMaxUs == 0 {
+		t.Fatalf("3 -> 4 moved %d keys and measured no freeze (longest %d us)", mo.KeysMoved, mo.FreezeMaxUs)
+	}
 	time.Sleep(200 * time.Millisecond)
 	e.move("0", "1", "2", "3", "4", "5")
 	time.Sleep(200 * time.Millisecond)

@@ -191,9 +191,10 @@ func TestScansServedThroughReshard(t *testing.T) {
 		windows = append(windows, w)
 	}
 	time.Sleep(300 * time.Millisecond)
-	moving(e.move, "0", "1", "2", "3")
+	move := func(shards ...string) { e.move(shards...) }
+	moving(move, "0", "1", "2", "3")
 	time.Sleep(300 * time.Millisecond)
-	moving(e.move, "0", "1", "2")
+	moving(move, "0", "1", "2")
 	time.Sleep(300 * time.Millisecond)
 	// An aborted move gives its keys back: scans follow them too.
 	moving(e.abortMidMove, "0", "1", "2", "3")
