@@ -3,8 +3,10 @@
 //
 // Each lock name is one key (base64url of the name) whose value is a
 // pb.LockRecord. Every write is a compare-and-set on the key's last stream
-// sequence (jskv.PublishIfLast), read from the stream leader
-// (jskv.LeaderGet), so two lockers can never both grant a lease. A record
+// sequence (jskv.PublishIfLast), so two lockers can never both grant a
+// lease. The sequence and the content it stands for come from the
+// instance's view of the bucket (view.go) when it has them, else from the
+// stream leader (jskv.LeaderGet); a refused guess is re-read. A record
 // carries a per-message TTL (Nats-TTL, rounded up to whole seconds); the
 // bucket has LimitMarkerTTL, so the NATS server itself removes an unrenewed
 // record and writes an expiry marker, even when no locker runs.
@@ -125,6 +127,9 @@ type Server struct {
 	ctx    context.Context // cancelled by Stop: ends waits and watches
 	cancel context.CancelFunc
 
+	view     *view         // guesses of each key's last message (view.go)
+	followed chan struct{} // closed when the view's consumer has stopped
+
 	mu     sync.Mutex
 	queues map[string]*waitQueue
 }
@@ -165,8 +170,13 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 		markTTL: cmp.Or(cfg.ReleaseMarkerTTL, MarkerTTL),
 		queues:  map[string]*waitQueue{},
 		id:      nuid.Next(),
+		view:    newView(), followed: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	go func() {
+		defer close(s.followed)
+		s.follow(s.ctx)
+	}()
 	ep := func(name, endpoint string, f service.Func) service.Endpoint {
 		return service.Endpoint{Name: name, Subject: set.Public(endpoint), Func: instrument(name, f)}
 	}
@@ -185,6 +195,7 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 	)
 	if err != nil {
 		s.cancel()
+		<-s.followed
 		return nil, err
 	}
 	return s, nil
@@ -196,10 +207,13 @@ func Start(ctx context.Context, nc *nats.Conn, cfg Config) (*Server, error) {
 // instances.
 func (s *Server) Stop(ctx context.Context) error {
 	s.cancel()
-	return s.svc.Stop(ctx)
+	err := s.svc.Stop(ctx)
+	<-s.followed
+	return err
 }
 
-// lease is the state of a lock as read from the leader.
+// lease is the state of a lock as read from the leader, or as the view
+// guesses it (view.go).
 type lease struct {
 	seq     uint64    // last stream sequence of the key (0: no message)
 	exp     time.Time // when the server expires that message (its clock); zero: never
@@ -219,9 +233,12 @@ func (l lease) remaining(now time.Time) time.Duration {
 	return d
 }
 
+// read reads name's last message from the stream leader. What it finds
+// also becomes the view's guess for the key.
 func (s *Server) read(ctx context.Context, name string) (lease, error) {
+	key := jskv.EncodeKey(name)
 	sctx, span := telemetry.StartJetStream(ctx, telemetry.JSGet, s.stream)
-	m, found, err := jskv.LeaderGet(sctx, s.nc, s.stream, s.subj+jskv.EncodeKey(name))
+	m, found, err := jskv.LeaderGet(sctx, s.nc, s.stream, s.subj+key)
 	if found {
 		span.SetAttributes(telemetry.AttrRevision.Int64(int64(m.Seq)))
 	}
@@ -229,20 +246,43 @@ func (s *Server) read(ctx context.Context, name string) (lease, error) {
 	if err != nil || !found {
 		return lease{}, err
 	}
-	l := lease{seq: m.Seq, writeID: m.Header.Get(jskv.HeaderWriteID)}
-	l.exp, _ = jskv.Expiry(m.Time, m.Header)
-	if jskv.IsDeleteMarker(m.Header) {
-		return l, nil
-	}
-	rec := &pb.LockRecord{}
-	if err := proto.Unmarshal(m.Data, rec); err != nil {
+	e, err := entryOf(m.Seq, m.Time, m.Header, m.Data)
+	if err != nil {
+		s.view.forget(key, m.Seq)
 		return lease{}, apierr.Errorf(apierr.ReasonCorruptLock, "lock %q has an unreadable record at sequence %d: %v", name, m.Seq, err)
 	}
-	if rec.Token == 0 {
-		rec.Token = m.Seq // the acquiring write: its own sequence is the token
+	s.view.apply(key, e, false, false)
+	return e.lease(), nil
+}
+
+// guess is the view's lease for name, if the view can give one whose
+// message does not expire within the guard: a message that may expire
+// under a write conditioned on it is only written on by the guarded
+// paths, which decide on a leader read (edges.go); with a guard switched
+// off (Unsafe) those paths still write, so the tests that prove a guard
+// matters race exactly the path the guard protects.
+func (s *Server) guess(name string) (lease, bool) {
+	l, ok := s.view.guess(jskv.EncodeKey(name))
+	if !ok || s.expiring(l) {
+		return lease{}, false
 	}
-	l.held, l.record = true, rec
-	return l, nil
+	return l, true
+}
+
+// wrote tells the view about this instance's acknowledged write at seq of
+// name: rec, or a release marker when rec is nil, sent at sent with a TTL
+// of ttl. The server stamped the message at sent or later, so the expiry
+// taken from sent is never later than the server's: the guards only see
+// the message as expiring sooner than it does.
+func (s *Server) wrote(name string, seq uint64, rec *pb.LockRecord, sent time.Time, ttl time.Duration, id string) {
+	e := viewEntry{seq: seq, exp: sent.Add(time.Duration(jskv.CeilSeconds(ttl.Milliseconds())) * time.Second), writeID: id}
+	if rec != nil {
+		e.record = proto.CloneOf(rec)
+		if e.record.Token == 0 {
+			e.record.Token = seq
+		}
+	}
+	s.view.apply(jskv.EncodeKey(name), e, false, false)
 }
 
 // writeID names one request's write (jskv.HeaderWriteID): unique across
@@ -305,16 +345,25 @@ func lostRaceError(name string) error {
 // the response, or the lease that holds it. markerSeq, if not 0, is the
 // sequence of a delete or expiry marker a watch just reported: the first
 // write is then conditioned on it without reading first (the CAS makes
-// that safe; a stale hint only costs a conflict and a read).
+// that safe; a stale hint only costs a conflict and a read). Without a
+// hint, the first write is conditioned on the view's guess when the view
+// says the lock is free (no message, or a marker not about to expire):
+// stored, the write was made on exactly that free state. A lock the view
+// says is held is read from the leader before it is answered lock_held.
 //
 // A write the server refused may still have been stored: the read after
 // it recognises the request's own write by its id and grants it, rather
 // than answer lock_held and leave the caller's lease blocking everyone.
 func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSeq uint64) (*pb.AcquireResponse, lease, error) {
 	refused, busy, id := uint64(0), 0, s.writeID()
+	tryView, prevGuess := markerSeq == 0, false
 	for lost := 0; lost < casRetries; {
-		l := lease{seq: markerSeq}
-		if markerSeq == 0 {
+		l, fromView := lease{seq: markerSeq}, false
+		if tryView {
+			g, ok := s.guess(in.Name)
+			l, fromView = g, ok && !g.held
+		}
+		if !fromView && markerSeq == 0 {
 			var err error
 			if l, err = s.read(ctx, in.Name); err != nil {
 				return nil, lease{}, err
@@ -327,7 +376,7 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 				return nil, l, nil
 			}
 		}
-		markerSeq = 0
+		markerSeq, tryView = 0, false
 		if refused != 0 && l.seq+1 == refused {
 			// Refused, yet nothing changed: another write on the key was
 			// in flight (see whileHeld). Wait it out; it is not a lost race.
@@ -335,8 +384,8 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 			if err := jskv.WaitInFlight(ctx, "lock "+in.Name, busy); err != nil {
 				return nil, lease{}, err
 			}
-		} else if refused != 0 {
-			lost++
+		} else if refused != 0 && !prevGuess {
+			lost++ // (a refused guess of the view was only out of date)
 		}
 		if !s.unsafe.NoMarkerGuard && s.expiring(l) {
 			// A release marker that runs out now: its expiry could purge
@@ -347,10 +396,15 @@ func (s *Server) tryAcquire(ctx context.Context, in *pb.AcquireRequest, markerSe
 			continue
 		}
 		ttl := grantedTTL(in.TtlMs)
-		rec := &pb.LockRecord{Owner: in.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl}
+		sent := time.Now()
+		rec := &pb.LockRecord{Owner: in.Owner, TtlMs: ttl, ExpiresUnixMs: sent.UnixMilli() + ttl}
 		seq, err := s.write(ctx, in.Name, rec, l.seq, id)
+		if prevGuess = fromView; fromView {
+			viewGuess(err)
+		}
 		switch {
 		case err == nil:
+			s.wrote(in.Name, seq, rec, sent, time.Duration(ttl)*time.Millisecond, id)
 			return &pb.AcquireResponse{Token: seq, TtlMs: ttl}, lease{}, nil
 		case errors.Is(err, jskv.ErrWrongLastSequence):
 			refused = l.seq + 1 // someone wrote in between, or was writing: look again
@@ -444,12 +498,16 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 		}
 		// A rewrite with Nats-TTL, not a KV Update: an Update drops the
 		// TTL and the lock would never expire again.
-		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: time.Now().UnixMilli() + ttl, Token: in.Token}
+		sent := time.Now()
+		rec := &pb.LockRecord{Owner: l.record.Owner, TtlMs: ttl, ExpiresUnixMs: sent.UnixMilli() + ttl, Token: in.Token}
 		seq, err := s.write(ctx, in.Name, rec, l.seq, id)
-		if err != nil || s.unsafe.NoRenewGuard || !ackedLate(l) {
-			return err
+		if err == nil && !s.unsafe.NoRenewGuard && ackedLate(l) {
+			err = s.confirmRenewal(ctx, in.Name, in.Token, seq)
 		}
-		return s.confirmRenewal(ctx, in.Name, in.Token, seq)
+		if err == nil {
+			s.wrote(in.Name, seq, rec, sent, time.Duration(ttl)*time.Millisecond, id)
+		}
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -469,8 +527,28 @@ func (s *Server) renew(ctx context.Context, req *service.Request) (proto.Message
 // lock that reads as change's own write (id, unique to this request) was
 // stored though the server refused or never answered the publish: landed
 // decides the answer.
+//
+// The first change is conditioned on the view's guess when the view's
+// message for the key holds token (and does not expire within the guard):
+// the message at a sequence never changes, so a change stored on it was
+// made while token held. Whether token holds is decided from that
+// message's content, never from a sequence the caller presents (a
+// renewal's sequence is not its token: docs/DECISIONS.md). A guess that
+// does not show token holding is no answer: the leader is read, and only
+// the leader's message can make a not_held.
 func (s *Server) whileHeld(ctx context.Context, name string, token uint64, id string, landed, change func(lease) error) error {
-	refused, busy := uint64(0), 0
+	refused, busy, prevGuess := uint64(0), 0, false
+	if g, ok := s.guess(name); ok && g.writeID == id {
+		writesRecognised.Inc() // a write of this request, seen before any leader read
+		return landed(g)
+	} else if ok && g.held && g.record.Token == token {
+		err := change(g)
+		viewGuess(err)
+		if !errors.Is(err, jskv.ErrWrongLastSequence) {
+			return err
+		}
+		refused, prevGuess = g.seq+1, true
+	}
 	for lost := 0; lost < casRetries; {
 		l, err := s.read(ctx, name)
 		if err != nil {
@@ -488,9 +566,10 @@ func (s *Server) whileHeld(ctx context.Context, name string, token uint64, id st
 			if err := jskv.WaitInFlight(ctx, "lock "+name, busy); err != nil {
 				return err
 			}
-		} else if refused != 0 {
+		} else if refused != 0 && !prevGuess {
 			lost++
 		}
+		prevGuess = false
 		err = change(l)
 		if !errors.Is(err, jskv.ErrWrongLastSequence) {
 			return err
@@ -517,7 +596,11 @@ func (s *Server) release(ctx context.Context, req *service.Request) (proto.Messa
 	}
 	released := func(lease) error { return nil } // the release marker is ours
 	err := s.whileHeld(ctx, in.Name, in.Token, id, released, func(l lease) error {
-		_, err := s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
+		sent := time.Now()
+		seq, err := s.publishIfLast(ctx, in.Name, nil, hdr, l.seq)
+		if err == nil {
+			s.wrote(in.Name, seq, nil, sent, s.markTTL, id)
+		}
 		return err
 	})
 	if err != nil {

@@ -151,6 +151,18 @@ func TestRoundTrip(t *testing.T) {
 	if err := l.release(name, r.Token+1); !errors.Is(err, apierr.ReasonNotHeld) {
 		t.Fatalf("release with a wrong token: %v", err)
 	}
+	// The sequence of the holder's renewal is the lock's last sequence but
+	// not its token: presented as one, it must not release or renew.
+	renewal, found, err := jskv.LeaderGet(context.Background(), nc, "KV_"+set.LockBucket(), "$KV."+set.LockBucket()+"."+jskv.EncodeKey(name))
+	if err != nil || !found || renewal.Seq == r.Token {
+		t.Fatalf("the renewal's message: %+v, %v, %v", renewal, found, err)
+	}
+	if _, err := l.renew(name, renewal.Seq, 0); !errors.Is(err, apierr.ReasonNotHeld) {
+		t.Fatalf("renew with the renewal's sequence as token: %v", err)
+	}
+	if err := l.release(name, renewal.Seq); !errors.Is(err, apierr.ReasonNotHeld) {
+		t.Fatalf("release with the renewal's sequence as token: %v", err)
+	}
 	if err := l.release(name, r.Token); err != nil {
 		t.Fatal(err)
 	}

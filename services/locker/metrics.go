@@ -2,9 +2,11 @@ package locker
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/latchkey/latchkey/kit/apierr"
+	"github.com/latchkey/latchkey/kit/jskv"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,10 +50,26 @@ var (
 		Name: "latchkey_lock_writes_recognised_total",
 		Help: "Lock writes JetStream refused although it had stored them (e.g. at a partition heal), recognised by their write id on the next read and answered as done.",
 	})
+	viewWrites = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latchkey_lock_view_writes_total",
+		Help: "Lock writes conditioned on the locker's view of the bucket instead of a leader read, by outcome: stored, refused (the view was out of date or another write was in flight: re-read from the leader), error.",
+	}, []string{"outcome"})
 )
 
+// viewGuess counts the outcome of a write conditioned on the view.
+func viewGuess(err error) {
+	switch {
+	case err == nil:
+		viewWrites.WithLabelValues("stored").Inc()
+	case errors.Is(err, jskv.ErrWrongLastSequence):
+		viewWrites.WithLabelValues("refused").Inc()
+	default:
+		viewWrites.WithLabelValues("error").Inc()
+	}
+}
+
 func init() {
-	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries, renewalsLost, writesRecognised)
+	telemetry.Registry.MustRegister(acquisitions, releases, renewals, waiters, waitSeconds, expiries, renewalsLost, writesRecognised, viewWrites)
 }
 
 // instrument wraps a lock endpoint: it counts the answer by outcome, times
