@@ -109,7 +109,7 @@ func openShard(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, id, b
 	if err := sh.createBucket(ctx, cfg.Replicas); err != nil {
 		return nil, err
 	}
-	if err := sh.startConsumer(ctx, 0); err != nil {
+	if err := sh.startConsumerRetrying(ctx); err != nil {
 		return nil, err
 	}
 	if err := sh.syncRetrying(ctx); err != nil {
@@ -169,6 +169,25 @@ func (sh *shard) startConsumer(ctx context.Context, start uint64) error {
 		old.Stop()
 	}
 	return nil
+}
+
+// startConsumerRetrying is startConsumer for start-up: a stream created a
+// moment ago on a forming or busy cluster may not have a leader to create
+// the consumer yet (CI saw "consumer on ...: context deadline exceeded"
+// on a fresh 3-node cluster), so attempts are retried until ctx ends.
+func (sh *shard) startConsumerRetrying(ctx context.Context) error {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		err := sh.startConsumer(ctx, 0)
+		if err == nil {
+			return nil
+		}
+		sh.log.Warn("cannot start the view's consumer yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
 
 func (sh *shard) stopConsumer() {
