@@ -89,14 +89,15 @@ func TestWatchFollowsKeysThroughReshard(t *testing.T) {
 		value string
 	}
 	var (
-		mu    sync.Mutex
-		acked = map[string]map[uint64]write{} // key -> revision -> write
-		final = map[string]write{}
-		onNew atomic.Int64 // writes seen on the key's new shard while COPYING
-		seq   atomic.Int64
-		stopW = make(chan struct{})
-		wwg   sync.WaitGroup
-		gate  sync.RWMutex // writers hold it shared; a checkpoint pauses them
+		mu     sync.Mutex
+		acked  = map[string]map[uint64]write{} // key -> revision -> write
+		final  = map[string]write{}            // the acknowledged write of the highest revision
+		finRev = map[string]uint64{}
+		onNew  atomic.Int64 // writes seen on the key's new shard while COPYING
+		seq    atomic.Int64
+		stopW  = make(chan struct{})
+		wwg    sync.WaitGroup
+		gate   sync.RWMutex // writers hold it shared; a checkpoint pauses them
 	)
 	keys := make([]string, 60)
 	for i := range keys {
@@ -143,7 +144,11 @@ func TestWatchFollowsKeysThroughReshard(t *testing.T) {
 					acked[key] = map[uint64]write{}
 				}
 				acked[key][rev] = wrt
-				final[key] = wrt
+				// Two writers may hit one key: their acks can be recorded
+				// in either order, the revisions say which came last.
+				if rev > finRev[key] {
+					final[key], finRev[key] = wrt, rev
+				}
 				mu.Unlock()
 				gate.RUnlock()
 				if to := target.Load(); copying && to != nil && !wrt.del {

@@ -287,38 +287,35 @@ func (mv *mover) giveBack(ctx context.Context, m *pb.ShardMap) error {
 			return fmt.Errorf("take keys back on shard %s: %w", s, err)
 		}
 	}
-	for range 10 {
-		cur, rev, err := readMap(ctx, mv.s.kv)
-		if err != nil {
-			return err
-		}
-		if cur == nil || cur.Epoch != m.Epoch || !unfinished(cur.Move) {
-			return errStopped
-		}
-		cur.Move.Returned = true
-		cur.Move.UpdatedUnixMs = time.Now().UnixMilli()
-		data, _ := proto.Marshal(cur)
-		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
-			mv.s.apply(cur)
-			mv.log.Info("keys moved back; the old set is whole again", "shards", A)
-			return nil
-		}
+	err = mv.rewrite(ctx, func(cur *pb.ShardMap) bool { return cur.Epoch == m.Epoch && unfinished(cur.Move) },
+		func(cur *pb.ShardMap) { cur.Move.Returned = true })
+	if err == nil {
+		mv.log.Info("keys moved back; the old set is whole again", "shards", A)
 	}
-	return errors.New("the shard map record kept changing")
+	return err
 }
 
 // update changes the running move of epoch from (CAS on the record);
 // errStopped when the record no longer holds that running move.
 func (mv *mover) update(ctx context.Context, from uint64, f func(*pb.ShardMove)) error {
+	return mv.rewrite(ctx, func(m *pb.ShardMap) bool { return m.Epoch == from && running(m.Move) },
+		func(m *pb.ShardMap) { f(m.Move) })
+}
+
+// rewrite changes the map record with f while holds says the record is
+// still in the state f is meant for: a CAS on the record's revision,
+// re-read and retried when another writer came first; errStopped when
+// the record no longer holds (an abort, a flip, another mover's work).
+func (mv *mover) rewrite(ctx context.Context, holds func(*pb.ShardMap) bool, f func(*pb.ShardMap)) error {
 	for range 10 {
 		m, rev, err := readMap(ctx, mv.s.kv)
 		if err != nil {
 			return err
 		}
-		if m == nil || m.Epoch != from || !running(m.Move) {
+		if m == nil || !holds(m) {
 			return errStopped
 		}
-		f(m.Move)
+		f(m)
 		m.Move.UpdatedUnixMs = time.Now().UnixMilli()
 		data, _ := proto.Marshal(m)
 		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
@@ -334,27 +331,16 @@ func (mv *mover) update(ctx context.Context, from uint64, f func(*pb.ShardMove))
 
 // flip makes B the set in force, at epoch from+1.
 func (mv *mover) flip(ctx context.Context, from uint64, B []string) error {
-	for range 10 {
-		m, rev, err := readMap(ctx, mv.s.kv)
-		if err != nil {
-			return err
-		}
-		if m == nil || m.Epoch != from || !running(m.Move) {
-			return errStopped
-		}
+	err := mv.rewrite(ctx, func(m *pb.ShardMap) bool { return m.Epoch == from && running(m.Move) }, func(m *pb.ShardMap) {
 		m.Epoch, m.Shards = from+1, B
 		m.Move.State, m.Move.Reason = pb.MoveState_MOVE_STATE_DONE, ""
 		mv.progress(m.Move)
-		m.Move.UpdatedUnixMs = time.Now().UnixMilli()
-		data, _ := proto.Marshal(m)
-		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
-			mv.s.apply(m)
-			p99, longest := mv.freeze.quantile(0.99)
-			mv.log.Info("flipped", "epoch", m.Epoch, "keys_moved", m.Move.KeysMoved, "key_freeze_p99", p99, "key_freeze_max", longest)
-			return nil
-		}
+	})
+	if err == nil {
+		p99, longest := mv.freeze.quantile(0.99)
+		mv.log.Info("flipped", "epoch", from+1, "keys_moved", mv.moved.Load(), "key_freeze_p99", p99, "key_freeze_max", longest)
 	}
-	return errors.New("the shard map record kept changing")
+	return err
 }
 
 // progress writes what this mover counted into the move record.
@@ -407,23 +393,8 @@ func (mv *mover) retire(ctx context.Context, m *pb.ShardMap) error {
 		}
 		mv.log.Info("shard retired: its stream holds only its ownership record", "shard", id, "seq", ack.Sequence)
 	}
-	for range 10 {
-		cur, rev, err := readMap(ctx, mv.s.kv)
-		if err != nil {
-			return err
-		}
-		if cur == nil || cur.Epoch != m.Epoch || !retiring(cur.Move) {
-			return errStopped
-		}
-		cur.Move.Retired = true
-		cur.Move.UpdatedUnixMs = time.Now().UnixMilli()
-		data, _ := proto.Marshal(cur)
-		if _, err = mv.s.kv.Update(ctx, shardMapKey, data, rev); err == nil {
-			mv.s.apply(cur)
-			return nil
-		}
-	}
-	return errors.New("the shard map record kept changing")
+	return mv.rewrite(ctx, func(cur *pb.ShardMap) bool { return cur.Epoch == m.Epoch && retiring(cur.Move) },
+		func(cur *pb.ShardMap) { cur.Move.Retired = true })
 }
 
 // awaitServed waits until some storage instance answers for shard id,
