@@ -222,15 +222,20 @@ func (w *Watcher) Cursors() map[string]string {
 	return out
 }
 
-// start asks for a new watch from cursors (nil: from now, or initial);
-// catchUpDone continues an interrupted initial snapshot.
-func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial, catchUpDone bool) error {
-	req := &pb.WatchRequest{Cursors: cursors, Initial: initial, Deliver: w.inbox, CatchUpDone: catchUpDone}
+// scoped sets what the watch covers (one key, or a prefix) on req.
+func (w *Watcher) scoped(req *pb.WatchRequest) *pb.WatchRequest {
 	if w.cfg.key {
 		req.Key = w.prefix
 	} else {
 		req.Prefix = w.prefix
 	}
+	return req
+}
+
+// start asks for a new watch from cursors (nil: from now, or initial);
+// catchUpDone continues an interrupted initial snapshot.
+func (w *Watcher) start(ctx context.Context, cursors map[string]string, initial, catchUpDone bool) error {
+	req := w.scoped(&pb.WatchRequest{Cursors: cursors, Initial: initial, Deliver: w.inbox, CatchUpDone: catchUpDone})
 	resp := &pb.WatchResponse{}
 	if err := w.c.call(ctx, subjects.KVWatch, req, resp); err != nil {
 		return err
@@ -545,12 +550,7 @@ func (w *Watcher) follow(ctx context.Context, ka *pb.WatchKeepaliveResponse) str
 	if len(add) == 0 {
 		return ""
 	}
-	req := &pb.WatchRequest{WatchId: id, Shards: add, Deliver: w.inbox}
-	if w.cfg.key {
-		req.Key = w.prefix
-	} else {
-		req.Prefix = w.prefix
-	}
+	req := w.scoped(&pb.WatchRequest{WatchId: id, Shards: add, Deliver: w.inbox})
 	resp := &pb.WatchResponse{}
 	if err := w.c.call(ctx, subjects.KVWatch, req, resp); err != nil {
 		return fmt.Sprintf("adding shard(s) %v to the watch: %v", add, err)
