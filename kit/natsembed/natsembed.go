@@ -82,13 +82,26 @@ type Cluster struct {
 	opts  []*server.Options
 }
 
-// StartCluster starts n clustered servers whose data lives under dir.
+// ClusterOptions configures StartClusterWith.
+type ClusterOptions struct {
+	// SyncAlways sets sync_interval always on every node (each node
+	// fsyncs before it acknowledges a replicated write).
+	SyncAlways bool
+}
+
+// StartCluster starts n clustered servers whose data lives under dir, with
+// the default sync interval.
+func StartCluster(n int, dir string) (*Cluster, error) {
+	return StartClusterWith(n, dir, ClusterOptions{})
+}
+
+// StartClusterWith starts n clustered servers whose data lives under dir.
 //
 // The route ports are picked free before the servers bind them, so another
 // process may take one in between; a node that cannot bind never becomes
 // ready (CI saw "cluster node n0 not ready" once). A start that fails so
 // is retried on fresh ports and a fresh directory, twice.
-func StartCluster(n int, dir string) (*Cluster, error) {
+func StartClusterWith(n int, dir string, o ClusterOptions) (*Cluster, error) {
 	var err error
 	for attempt := range 3 {
 		sub := dir
@@ -96,14 +109,14 @@ func StartCluster(n int, dir string) (*Cluster, error) {
 			sub = fmt.Sprintf("%s/retry%d", dir, attempt)
 		}
 		var c *Cluster
-		if c, err = startCluster(n, sub); err == nil {
+		if c, err = startCluster(n, sub, o); err == nil {
 			return c, nil
 		}
 	}
 	return nil, err
 }
 
-func startCluster(n int, dir string) (*Cluster, error) {
+func startCluster(n int, dir string, o ClusterOptions) (*Cluster, error) {
 	ports := make([]int, n)
 	for i := range ports {
 		p, err := tcpproxy.FreePort()
@@ -118,7 +131,7 @@ func startCluster(n int, dir string) (*Cluster, error) {
 	}
 	c := &Cluster{}
 	for i := 0; i < n; i++ {
-		so := ServerOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i)})
+		so := ServerOptions(Options{StoreDir: fmt.Sprintf("%s/n%d", dir, i), Name: fmt.Sprintf("n%d", i), SyncAlways: o.SyncAlways})
 		so.Cluster = server.ClusterOpts{Name: "latchkey", Host: "127.0.0.1", Port: ports[i]}
 		so.Routes = server.RoutesFromStr(strings.Join(routes, ","))
 		c.opts = append(c.opts, so)
