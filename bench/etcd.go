@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,52 +23,92 @@ import (
 // acknowledged (many writes share one fsync).
 const DurabilityEtcd = "etcd WAL fsync before every ack (group commit)"
 
-// Etcd is a single-member etcd server embedded in this process, and the
-// System that talks to it over loopback gRPC.
+// DurabilityEtcdCluster is a 3-member etcd: a write is acknowledged once a
+// quorum (2 of 3) has fsynced it to its WAL (many writes share one fsync).
+const DurabilityEtcdCluster = "etcd 3 members, WAL fsync on a quorum before every ack (group commit)"
+
+// Etcd is an etcd server (one member, or a cluster of members) embedded in
+// this process, and the System that talks to it over loopback gRPC.
 type Etcd struct {
-	e        *embed.Etcd
-	clients  []*clientv3.Client
-	next     atomic.Uint32
-	sessions chan *concurrency.Session
+	members    []*embed.Etcd
+	durability string
+	clients    []*clientv3.Client
+	next       atomic.Uint32
+	sessions   chan *concurrency.Session
 }
 
 // StartEtcd starts an etcd member with its data in dir and connects conns
 // clients to it.
 func StartEtcd(ctx context.Context, dir string, conns int) (*Etcd, error) {
-	cfg := embed.NewConfig()
-	cfg.Dir = dir
-	cfg.LogLevel = "error"
-	// etcd logs its own shutdown as errors; the benchmark reports failures itself.
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cport, err := tcpproxy.FreePort()
-	if err != nil {
-		return nil, err
+	return StartEtcdCluster(ctx, dir, 1, conns)
+}
+
+// StartEtcdCluster starts members etcd members (1 or 3) in this process on
+// loopback ports, their data under dir, and connects conns clients, client
+// i to member i%members, so the clients spread over the members as they
+// would over a real cluster (a follower forwards writes and asks the
+// leader for linearizable reads, as etcd does).
+func StartEtcdCluster(ctx context.Context, dir string, members, conns int) (*Etcd, error) {
+	if members != 1 && members != 3 {
+		return nil, fmt.Errorf("etcd: %d members: want 1 or 3", members)
 	}
-	pport, err := tcpproxy.FreePort()
-	if err != nil {
-		return nil, err
+	var cfgs []*embed.Config
+	var peers []string
+	for i := 0; i < members; i++ {
+		cfg := embed.NewConfig()
+		cfg.Dir = dir
+		if members > 1 {
+			cfg.Name = fmt.Sprintf("m%d", i)
+			cfg.Dir = filepath.Join(dir, cfg.Name)
+			cfg.InitialClusterToken = "latchkey-bench"
+		}
+		cfg.LogLevel = "error"
+		// etcd logs its own shutdown as errors; the benchmark reports failures itself.
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		cport, err := tcpproxy.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		pport, err := tcpproxy.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		cu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(cport))
+		pu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(pport))
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+		cfgs = append(cfgs, cfg)
+		peers = append(peers, cfg.Name+"="+pu.String())
 	}
-	cu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(cport))
-	pu, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(pport))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("starting etcd: %w", err)
+	x := &Etcd{durability: DurabilityEtcd, sessions: make(chan *concurrency.Session, 4096)}
+	if members > 1 {
+		x.durability = DurabilityEtcdCluster
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return nil, errors.New("etcd was not ready in 30s")
-	case <-ctx.Done():
-		e.Close()
-		return nil, ctx.Err()
+	// Every member starts before any waits: a member is ready only once a
+	// quorum of its peers is up.
+	for _, cfg := range cfgs {
+		cfg.InitialCluster = strings.Join(peers, ",")
+		e, err := embed.StartEtcd(cfg)
+		if err != nil {
+			_ = x.Close()
+			return nil, fmt.Errorf("starting etcd: %w", err)
+		}
+		x.members = append(x.members, e)
 	}
-	x := &Etcd{e: e, sessions: make(chan *concurrency.Session, 4096)}
+	for _, e := range x.members {
+		select {
+		case <-e.Server.ReadyNotify():
+		case <-time.After(30 * time.Second):
+			_ = x.Close()
+			return nil, errors.New("etcd was not ready in 30s")
+		case <-ctx.Done():
+			_ = x.Close()
+			return nil, ctx.Err()
+		}
+	}
 	for i := 0; i < max(conns, 1); i++ {
-		c, err := clientv3.New(clientv3.Config{Endpoints: []string{cu.String()}, DialTimeout: 5 * time.Second})
+		ep := cfgs[i%members].AdvertiseClientUrls[0].String()
+		c, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
 		if err != nil {
 			_ = x.Close()
 			return nil, err
@@ -82,7 +124,7 @@ func (x *Etcd) c() *clientv3.Client { return x.clients[int(x.next.Add(1))%len(x.
 func (x *Etcd) Name() string { return "etcd" }
 
 // Durability implements System.
-func (x *Etcd) Durability() string { return DurabilityEtcd }
+func (x *Etcd) Durability() string { return x.durability }
 
 // Get implements System: linearizable by default (ReadIndex), serializable
 // (answered by the member from its own state) when stale.
@@ -178,6 +220,8 @@ func (x *Etcd) Close() error {
 	for _, c := range x.clients {
 		_ = c.Close()
 	}
-	x.e.Close()
+	for _, e := range x.members {
+		e.Close()
+	}
 	return nil
 }

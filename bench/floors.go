@@ -63,8 +63,9 @@ type Floors struct {
 // NewFloors prepares the floor workloads on the server at url. svc is the
 // connection the responders use (the deployment's service connection, or
 // a fresh one for an external target); the floor bucket is created with
-// the layout of a storage shard (file storage, history 1, R1, TTL markers).
-func NewFloors(ctx context.Context, url string, svc *nats.Conn, spec Spec, conns int) (*Floors, error) {
+// the layout of a storage shard (file storage, history 1, TTL markers) and
+// replicas copies (0 = 1; 3 on a cluster, as latchkey's buckets there).
+func NewFloors(ctx context.Context, url string, svc *nats.Conn, spec Spec, conns, replicas int) (*Floors, error) {
 	pool, err := connPool(url, "latchkey-bench-floor", conns)
 	if err != nil {
 		return nil, err
@@ -112,7 +113,7 @@ func NewFloors(ctx context.Context, url string, svc *nats.Conn, spec Spec, conns
 		if i == 0 {
 			f.js = js
 			_ = js.DeleteKeyValue(ctx, floorBucket) // a leftover from an earlier run on an external server
-			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: floorBucket, History: 1, Storage: jetstream.FileStorage, LimitMarkerTTL: time.Minute})
+			kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: floorBucket, History: 1, Storage: jetstream.FileStorage, LimitMarkerTTL: time.Minute, Replicas: max(replicas, 1)})
 		} else {
 			kv, err = js.KeyValue(ctx, floorBucket)
 		}

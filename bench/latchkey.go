@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +22,10 @@ const (
 	DurabilityJSDefault = "JetStream file store, fsync every 2 min (default sync_interval)"
 	DurabilityJSAlways  = "JetStream sync_interval always (fsync before every ack)"
 	DurabilityExternal  = "as configured on the target NATS server"
+	// On a 3-node cluster every bucket is R3: a write is acknowledged once
+	// a quorum (2 of 3) has it.
+	DurabilityJSClusterDefault = "JetStream 3-node cluster, R3 (quorum ack), fsync every 2 min (default sync_interval)"
+	DurabilityJSClusterAlways  = "JetStream 3-node cluster, R3 (quorum ack), sync_interval always (Raft WAL fsync before every ack, group commit)"
 )
 
 // DeploymentConfig configures an in-process deployment.
@@ -29,18 +35,25 @@ type DeploymentConfig struct {
 	SyncAlways bool
 	Prefix     string // default "latchkey"
 	Logger     *slog.Logger
+	// Nodes is 1 (one embedded server, R1 buckets: the default) or 3 (a
+	// 3-node embedded cluster, R3 buckets, one set of services per node).
+	Nodes int
 }
 
 // Deployment is a NATS server with JetStream plus the storage, router and
 // locker services, all in this process, as `latchkey dev` runs them
 // (package suite).
 type Deployment struct {
-	Server     *server.Server
-	URL        string
+	Server     *server.Server // on a cluster, node 0
+	URL        string         // on a cluster, every node's URL, comma separated
 	Durability string
-	// ServiceConn is the in-process connection the services share.
+	// Replicas of every bucket: 1, or 3 on a cluster.
+	Replicas int
+	// ServiceConn is the in-process connection the services share (on a
+	// cluster, node 0's services).
 	ServiceConn *nats.Conn
 	suite       *suite.Deployment
+	cluster     *clusterDeployment
 }
 
 // StartDeployment starts NATS and the three services and returns once
@@ -49,6 +62,13 @@ func StartDeployment(ctx context.Context, cfg DeploymentConfig) (*Deployment, er
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
+	switch cfg.Nodes {
+	case 0, 1:
+	case 3:
+		return startClusterDeployment(ctx, cfg)
+	default:
+		return nil, fmt.Errorf("bench: %d nodes: want 1 or 3", cfg.Nodes)
+	}
 	sd, err := suite.StartServer(ctx, suite.ServerConfig{
 		Options: suite.Options{Prefix: cfg.Prefix, Shards: cfg.Shards, Logger: cfg.Logger},
 		Dir:     cfg.Dir, Name: "latchkey-bench", SyncAlways: cfg.SyncAlways,
@@ -56,7 +76,7 @@ func StartDeployment(ctx context.Context, cfg DeploymentConfig) (*Deployment, er
 	if err != nil {
 		return nil, err
 	}
-	d := &Deployment{Server: sd.Server, URL: sd.URL, Durability: DurabilityJSDefault, ServiceConn: sd.Conn, suite: sd}
+	d := &Deployment{Server: sd.Server, URL: sd.URL, Durability: DurabilityJSDefault, Replicas: 1, ServiceConn: sd.Conn, suite: sd}
 	if cfg.SyncAlways {
 		d.Durability = DurabilityJSAlways
 	}
@@ -64,13 +84,24 @@ func StartDeployment(ctx context.Context, cfg DeploymentConfig) (*Deployment, er
 }
 
 // Stop stops the services, then the connection, then the server.
-func (d *Deployment) Stop(ctx context.Context) { d.suite.Stop(ctx) }
+func (d *Deployment) Stop(ctx context.Context) {
+	if d.cluster != nil {
+		d.cluster.stop(ctx)
+		return
+	}
+	d.suite.Stop(ctx)
+}
 
 // connPool opens n client connections to url; calls spread over them.
+// url may list several servers (a cluster): connection i goes to the i-th
+// (mod their number) first, so the clients spread evenly over the nodes
+// instead of wherever nats.go's random pick puts them.
 func connPool(url, name string, n int) ([]*nats.Conn, error) {
+	urls := strings.Split(url, ",")
 	conns := make([]*nats.Conn, 0, n)
 	for i := 0; i < max(n, 1); i++ {
-		nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(-1))
+		rotated := append(slices.Clone(urls[i%len(urls):]), urls[:i%len(urls)]...)
+		nc, err := nats.Connect(strings.Join(rotated, ","), nats.Name(name), nats.MaxReconnects(-1), nats.DontRandomize())
 		if err != nil {
 			for _, c := range conns {
 				c.Close()

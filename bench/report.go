@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -76,8 +77,15 @@ func (r *Report) WriteTable(w io.Writer) {
 	for i, d := range order {
 		fmt.Fprintf(w, "  [%d] %s\n", i+1, d)
 	}
+	// The etcd column appears only when the report pairs latchkey with
+	// etcd at equal durability and topology (a cluster run with --peers).
+	etcdCol := slices.ContainsFunc(r.Results, func(x Result) bool { return x.EtcdRatio > 0 })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tdur\tworkload\tclients\tops/s\tp50\tp99\tp999\terrors\tcpu/op\tcores\tfloor\tratio\tcpu ratio\t")
+	head := "system\tdur\tworkload\tclients\tops/s\tp50\tp99\tp999\terrors\tcpu/op\tcores\tfloor\tratio\tcpu ratio\t"
+	if etcdCol {
+		head += EtcdRatioLabel + "\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, x := range r.Results {
 		ratio, cpuRatio := "", ""
 		if x.Floor != "" {
@@ -86,8 +94,16 @@ func (r *Report) WriteTable(w io.Writer) {
 				cpuRatio = fmt.Sprintf("%.2fx", x.CPURatio)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t[%d]\t%s\t%d\t%.0f\t%s\t%s\t%s\t%d\t%s\t%.2f\t%s\t%s\t%s\t\n", x.System, durs[x.Durability], x.Workload, x.Clients,
+		fmt.Fprintf(tw, "%s\t[%d]\t%s\t%d\t%.0f\t%s\t%s\t%s\t%d\t%s\t%.2f\t%s\t%s\t%s\t", x.System, durs[x.Durability], x.Workload, x.Clients,
 			x.OpsPerSec, us(x.P50), us(x.P99), us(x.P999), x.Errors, us(x.CPUPerOp), x.Cores, x.Floor, ratio, cpuRatio)
+		if etcdCol {
+			er := ""
+			if x.EtcdRatio > 0 {
+				er = fmt.Sprintf("%.2fx", x.EtcdRatio)
+			}
+			fmt.Fprintf(tw, "%s\t", er)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	for _, x := range r.Results {
@@ -101,9 +117,38 @@ func (r *Report) WriteTable(w io.Writer) {
 			fmt.Fprintln(w, "  "+l)
 		}
 	}
+	if lines := r.EtcdCheck(); len(lines) > 0 {
+		fmt.Fprintf(w, "%s (issue 15, target >= %.1fx; handoff: etcd p50 / latchkey p50):\n", EtcdRatioLabel, EtcdTarget)
+		for _, l := range lines {
+			fmt.Fprintln(w, "  "+l)
+		}
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note: "+n)
 	}
+}
+
+// EtcdRatioLabel names Result.EtcdRatio in the table.
+const EtcdRatioLabel = "latchkey / etcd at equal durability and topology"
+
+// EtcdTarget is issue 15's target for Result.EtcdRatio, every workload.
+const EtcdTarget = 1.5
+
+// EtcdCheck is one line per latchkey result paired with etcd at equal
+// durability and topology: the ratio against EtcdTarget.
+func (r *Report) EtcdCheck() []string {
+	var out []string
+	for _, x := range r.Results {
+		if x.System != "latchkey" || x.EtcdRatio <= 0 {
+			continue
+		}
+		mark := "MISSED"
+		if x.EtcdRatio >= EtcdTarget {
+			mark = "met   "
+		}
+		out = append(out, fmt.Sprintf("%s %-14s c=%-3d %.2fx [%s vs %s]", mark, x.Workload, x.Clients, x.EtcdRatio, short(x.Durability), short(EqualEtcd[x.Durability])))
+	}
+	return out
 }
 
 // TargetCheck compares the latchkey results with the targets: ratios to
@@ -148,6 +193,12 @@ func short(d string) string {
 		return "sync default"
 	case DurabilityJSAlways:
 		return "sync always"
+	case DurabilityJSClusterDefault:
+		return "R3 sync default"
+	case DurabilityJSClusterAlways:
+		return "R3 sync always"
+	case DurabilityEtcdCluster:
+		return "etcd 3 members"
 	}
 	return d
 }

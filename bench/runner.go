@@ -91,6 +91,12 @@ type Result struct {
 	// the share of the floor's efficiency reached, but measured in CPU
 	// time, so other load on the machine moves it much less.
 	CPURatio float64 `json:"cpu_ratio,omitempty"`
+	// EtcdRatio compares with etcd at equal durability and topology (R3
+	// with sync_interval always on a 3-node cluster against a 3-member
+	// etcd, same workload and clients): ops/s over etcd's ops/s, and for
+	// handoff etcd's p50 over this p50, so above 1 is latchkey ahead. 0
+	// when the report has no such pairing.
+	EtcdRatio float64 `json:"etcd_ratio,omitempty"`
 	// Runs is how many runs the figures are the median of.
 	Runs int `json:"runs"`
 }

@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,7 +66,7 @@ func TestSmokeLatchkeyAndFloors(t *testing.T) {
 	defer lk.Close()
 	runAll(t, ctx, lk)
 
-	f, err := bench.NewFloors(ctx, dep.URL, dep.ServiceConn, smokeSpec, 2)
+	f, err := bench.NewFloors(ctx, dep.URL, dep.ServiceConn, smokeSpec, 2, dep.Replicas)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,5 +163,75 @@ func TestSmokeMeasureStorage(t *testing.T) {
 	}
 	if fig.RawBytes != 2000*(14+100) || fig.StartToServe <= 0 {
 		t.Errorf("figures %+v: want raw bytes of 2000 keys and a start time", fig)
+	}
+}
+
+// TestSmokeCluster is `latchkey bench put lock --cluster 3 --sync always
+// --peers`, tiny: a 3-node cluster with R3 buckets and floors, and a
+// 3-member etcd, every latchkey figure with its ratio to its floor and to
+// etcd at equal durability and topology.
+func TestSmokeCluster(t *testing.T) {
+	rep, err := bench.Execute(context.Background(), bench.Plan{
+		Workloads: []string{bench.WPut, bench.WLock},
+		Clients:   []int{4},
+		Duration:  smokeRun,
+		Spec:      smokeSpec,
+		Conns:     3,
+		Shards:    1,
+		Nodes:     3,
+		Sync:      []string{"always"},
+		Floors:    true,
+		Peers:     true,
+		Dir:       t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, r := range rep.Results {
+		if r.System == "redis" {
+			continue // installed or not, Redis is not what this test is about
+		}
+		checkResult(t, r)
+		seen[r.System]++
+		switch r.System {
+		case "latchkey", "nats":
+			if r.Durability != bench.DurabilityJSClusterAlways {
+				t.Errorf("%s %s: durability %q, want %q", r.System, r.Workload, r.Durability, bench.DurabilityJSClusterAlways)
+			}
+		case "etcd":
+			if r.Durability != bench.DurabilityEtcdCluster {
+				t.Errorf("etcd %s: durability %q, want %q", r.Workload, r.Durability, bench.DurabilityEtcdCluster)
+			}
+		}
+		if r.System == "latchkey" && (r.Floor == "" || r.Ratio <= 0 || r.EtcdRatio <= 0) {
+			t.Errorf("latchkey %s: floor %q ratio %.2f etcd ratio %.2f; want both ratios", r.Workload, r.Floor, r.Ratio, r.EtcdRatio)
+		}
+	}
+	if seen["latchkey"] != 2 || seen["nats"] != 2 || seen["etcd"] != 2 {
+		t.Errorf("results per system %v; want 2 each of latchkey, nats, etcd", seen)
+	}
+	if n := len(rep.EtcdCheck()); n != 2 {
+		t.Errorf("%d equal-durability lines; want 2", n)
+	}
+	var out strings.Builder
+	rep.WriteTable(&out)
+	if !strings.Contains(out.String(), bench.EtcdRatioLabel) {
+		t.Errorf("table lacks the %q column:\n%s", bench.EtcdRatioLabel, out.String())
+	}
+	t.Log("\n" + out.String())
+}
+
+// TestExecuteRejectsBadClusters: only 1 or 3 servers, and a cluster only
+// in process.
+func TestExecuteRejectsBadClusters(t *testing.T) {
+	for _, p := range []bench.Plan{
+		{Workloads: []string{bench.WPut}, Nodes: 2, Dir: t.TempDir()},
+		{Workloads: []string{bench.WPut}, Nodes: 4, Dir: t.TempDir()},
+		{Workloads: []string{bench.WPut}, Nodes: 3, Server: "nats://127.0.0.1:1", Dir: t.TempDir()},
+	} {
+		if _, err := bench.Execute(context.Background(), p); err == nil {
+			t.Errorf("nodes %d server %q: no error", p.Nodes, p.Server)
+		}
 	}
 }

@@ -28,6 +28,10 @@ type Plan struct {
 	Server string
 	Prefix string
 	Shards int
+	// Nodes is the in-process deployment's NATS servers: 1 (default) or 3
+	// (a cluster with R3 buckets and floors; --peers then runs a 3-member
+	// etcd).
+	Nodes int
 	// Sync lists the JetStream sync modes to run: "default", "always".
 	Sync []string
 	// Floors measures the raw NATS/JetStream paths.
@@ -71,6 +75,15 @@ func Execute(ctx context.Context, p Plan) (*Report, error) {
 	if p.Shards < 1 {
 		p.Shards = 3
 	}
+	if p.Nodes < 1 {
+		p.Nodes = 1
+	}
+	if p.Nodes != 1 && p.Nodes != 3 {
+		return nil, fmt.Errorf("bench: %d nodes: want 1 or 3", p.Nodes)
+	}
+	if p.Nodes > 1 && p.Server != "" {
+		return nil, errors.New("bench: a cluster is for the in-process deployment; an external server is its own")
+	}
 	if p.Dir == "" {
 		dir, err := os.MkdirTemp("", "latchkey-bench-")
 		if err != nil {
@@ -88,6 +101,9 @@ func Execute(ctx context.Context, p Plan) (*Report, error) {
 		}
 	}
 	if p.Peers {
+		if p.Nodes > 1 {
+			rep.note("redis: one process without replication on any topology, so not an equal-durability peer of a cluster")
+		}
 		if err := p.runPeers(ctx, rep); err != nil {
 			return rep, err
 		}
@@ -100,9 +116,13 @@ func (p *Plan) runLatchkey(ctx context.Context, mode string, rep *Report) error 
 	url, durability := p.Server, DurabilityExternal
 	var dep *Deployment
 	if p.Server == "" {
-		p.logf("starting an in-process deployment: %d shard(s), JetStream sync %s", p.Shards, mode)
+		if p.Nodes > 1 {
+			p.logf("starting an in-process deployment on a %d-node NATS cluster (R3): %d shard(s), JetStream sync %s", p.Nodes, p.Shards, mode)
+		} else {
+			p.logf("starting an in-process deployment: %d shard(s), JetStream sync %s", p.Shards, mode)
+		}
 		var err error
-		dep, err = StartDeployment(ctx, DeploymentConfig{Dir: filepath.Join(p.Dir, "nats-"+mode), Shards: p.Shards, SyncAlways: mode == "always", Prefix: p.Prefix})
+		dep, err = StartDeployment(ctx, DeploymentConfig{Dir: filepath.Join(p.Dir, "nats-"+mode), Shards: p.Shards, SyncAlways: mode == "always", Prefix: p.Prefix, Nodes: p.Nodes})
 		if err != nil {
 			return err
 		}
@@ -121,11 +141,11 @@ func (p *Plan) runLatchkey(ctx context.Context, mode string, rep *Report) error 
 	defer lk.Close()
 	var floors *Floors
 	if p.Floors {
-		svcConn := lk.conns[0]
+		svcConn, replicas := lk.conns[0], 1
 		if dep != nil {
-			svcConn = dep.ServiceConn
+			svcConn, replicas = dep.ServiceConn, dep.Replicas
 		}
-		if floors, err = NewFloors(ctx, url, svcConn, p.Spec, p.Conns); err != nil {
+		if floors, err = NewFloors(ctx, url, svcConn, p.Spec, p.Conns, replicas); err != nil {
 			return fmt.Errorf("floors: %w", err)
 		}
 		defer floors.Close()
@@ -145,11 +165,20 @@ func (p *Plan) runLatchkey(ctx context.Context, mode string, rep *Report) error 
 			if err := BulkLoad(ctx, dep.ServiceConn, p.Prefix, p.Shards, p.Spec); err != nil {
 				return err
 			}
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-			_, err := lk.c().Scan(sctx, keyPrefix, client.Limit(1))
-			cancel()
-			if err != nil {
-				return fmt.Errorf("waiting for the views to load: %w", err)
+			// On a cluster each node has its own storage instance, and
+			// a client is answered by its node's: scan through every
+			// connection (they spread over the nodes).
+			waiters := []*client.Client{lk.c()}
+			if dep.Replicas > 1 {
+				waiters = lk.clients
+			}
+			for _, c := range waiters {
+				sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+				_, err := c.Scan(sctx, keyPrefix, client.Limit(1))
+				cancel()
+				if err != nil {
+					return fmt.Errorf("waiting for the views to load: %w", err)
+				}
 			}
 		} else if err := Preload(ctx, lk, p.Spec, 128); err != nil {
 			return err
@@ -177,8 +206,17 @@ func (p *Plan) runLatchkey(ctx context.Context, mode string, rep *Report) error 
 
 // runPeers runs the same workloads on etcd and Redis.
 func (p *Plan) runPeers(ctx context.Context, rep *Report) error {
-	p.logf("starting embedded etcd")
-	e, err := StartEtcd(ctx, filepath.Join(p.Dir, "etcd"), p.Conns)
+	var e *Etcd
+	var err error
+	if p.Nodes > 1 {
+		// Same topology as the cluster: etcd's members on loopback in
+		// this process, as the NATS nodes are.
+		p.logf("starting a %d-member embedded etcd", p.Nodes)
+		e, err = StartEtcdCluster(ctx, filepath.Join(p.Dir, "etcd"), p.Nodes, p.Conns)
+	} else {
+		p.logf("starting embedded etcd")
+		e, err = StartEtcd(ctx, filepath.Join(p.Dir, "etcd"), p.Conns)
+	}
 	if err != nil {
 		return err
 	}
@@ -286,7 +324,33 @@ func attachRatios(rs []Result) {
 			}
 		}
 	}
+	for i := range rs {
+		r := &rs[i]
+		peer, ok := EqualEtcd[r.Durability]
+		if r.System != "latchkey" || !ok {
+			continue
+		}
+		for _, e := range rs {
+			if e.System != "etcd" || e.Durability != peer || e.Workload != r.Workload || e.Clients != r.Clients {
+				continue
+			}
+			if r.Workload == WHandoff {
+				if r.P50 > 0 {
+					r.EtcdRatio = float64(e.P50) / float64(r.P50)
+				}
+			} else if e.OpsPerSec > 0 {
+				r.EtcdRatio = r.OpsPerSec / e.OpsPerSec
+			}
+		}
+	}
 }
+
+// EqualEtcd maps a latchkey durability to the etcd durability it is
+// compared with as equals (issue 15): the same fsync before every ack on
+// the same topology. An R1 server with sync always is not paired with a
+// single etcd member, because JetStream fsyncs every R1 message alone
+// while etcd group-commits; on R3 both group-commit (FIELD-NOTES).
+var EqualEtcd = map[string]string{DurabilityJSClusterAlways: DurabilityEtcdCluster}
 
 // note records a remark once.
 func (r *Report) note(s string) {

@@ -22,7 +22,9 @@ server, against the raw NATS/JetStream paths under them (the floors), and
 prints every latchkey figure with its ratio to its floor. Without --server
 it starts its own deployment in this process (NATS embedded, data in a
 temporary directory). --peers runs the same workloads on etcd (embedded)
-and Redis (redis-server, if installed).
+and Redis (redis-server, if installed). --cluster 3 runs that deployment on
+a 3-node NATS cluster with R3 buckets (floors R3 too) and etcd as 3
+members, and adds the ratio to etcd at equal durability and topology.
 
 Workloads: ` + "get get-stale put cas mix90 mix50 scan lock lock-contended handoff" + ` (default: all)
 
@@ -30,6 +32,7 @@ Examples:
   latchkey bench                                   # every workload, 64 clients, 5 s each
   latchkey bench get put --clients 1,4,16,64 --plot bench.svg
   latchkey bench --peers --sync both --runs 3 --json bench.json
+  latchkey bench --cluster 3 --sync always --peers  # R3 next to a 3-member etcd
   latchkey bench --memory 1000000                  # footprint and restart time of a storage instance
   latchkey bench get --server nats://host:4222     # a running deployment (no --sync there)`
 
@@ -44,6 +47,7 @@ func benchCmd(ctx context.Context, args []string) error {
 	runs := fs.Int("runs", 1, "runs per figure; the median (by ops/s) is reported")
 	conns := fs.Int("conns", 4, "NATS connections (etcd clients) the clients share")
 	shards := fs.Int("shards", 3, "shards of the in-process deployment")
+	cluster := fs.Int("cluster", 1, "NATS servers of the in-process deployment: 1, or 3 (a cluster, R3 buckets; with --peers a 3-member etcd)")
 	sync := fs.String("sync", "default", "JetStream sync of the in-process deployment: default, always (sync_interval always), or both")
 	syncAlways := fs.Bool("sync-always", false, "shorthand for --sync always")
 	noFloors := fs.Bool("no-floors", false, "skip the raw NATS/JetStream floors")
@@ -60,6 +64,12 @@ func benchCmd(ctx context.Context, args []string) error {
 	}
 	serverSet := false
 	fs.Visit(func(f *flag.Flag) { serverSet = serverSet || f.Name == "server" })
+	if *cluster != 1 && *cluster != 3 {
+		return usagef("--cluster %d: want 1 (one server) or 3 (a 3-node cluster with R3 buckets)", *cluster)
+	}
+	if *cluster == 3 && serverSet {
+		return usagef("--cluster 3 starts its own in-process cluster; with --server the deployment is given (drop one of them)")
+	}
 
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -101,6 +111,7 @@ func benchCmd(ctx context.Context, args []string) error {
 		Conns:     *conns,
 		Prefix:    global.prefix,
 		Shards:    *shards,
+		Nodes:     *cluster,
 		Floors:    !*noFloors,
 		Peers:     *peers,
 		Progress:  progress,
