@@ -165,20 +165,11 @@ func (p *Plan) runLatchkey(ctx context.Context, mode string, rep *Report) error 
 			if err := BulkLoad(ctx, dep.ServiceConn, p.Prefix, p.Shards, p.Spec); err != nil {
 				return err
 			}
-			// On a cluster each node has its own storage instance, and
-			// a client is answered by its node's: scan through every
-			// connection (they spread over the nodes).
-			waiters := []*client.Client{lk.c()}
-			if dep.Replicas > 1 {
-				waiters = lk.clients
-			}
-			for _, c := range waiters {
-				sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-				_, err := c.Scan(sctx, keyPrefix, client.Limit(1))
-				cancel()
-				if err != nil {
-					return fmt.Errorf("waiting for the views to load: %w", err)
-				}
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			_, err := lk.c().Scan(sctx, keyPrefix, client.Limit(1))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("waiting for the views to load: %w", err)
 			}
 		} else if err := Preload(ctx, lk, p.Spec, 128); err != nil {
 			return err
