@@ -103,6 +103,14 @@ func (v *view) guess(key string) (l lease, ok bool) {
 	return e.lease(), true
 }
 
+// newest is the highest sequence of key this instance has seen (delivered,
+// read or written by itself), 0 if none, whether or not the view is ready.
+func (v *view) newest(key string) uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.entries[key].seq
+}
+
 // apply records a message delivered by the consumer (or read from the
 // leader: fromConsumer false). A sequence older than the entry's is
 // ignored: deliveries repeat after a consumer reset, and a leader read or

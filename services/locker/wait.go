@@ -145,6 +145,11 @@ func (s *Server) watch(q *waitQueue) func() {
 	}
 }
 
+// staleReadRetry is the first wait before a head waiter reads again after
+// a leader answered older than what the instance had seen; it doubles up
+// to recheckSlack.
+const staleReadRetry = 20 * time.Millisecond
+
 // acquireWait queues for the lock until it is acquired or wait_ms passed.
 func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.AcquireResponse, error) {
 	deadline := time.Now().Add(time.Duration(in.WaitMs) * time.Millisecond)
@@ -170,7 +175,8 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 		last    lease
 		lastErr error
 	)
-	var hint uint64
+	var hint, carry uint64
+	staleWait := staleReadRetry
 	for {
 		next := deadline
 		if s.isHead(q, w) {
@@ -183,14 +189,34 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 				return resp, nil
 			}
 			last, lastErr = l, err
-			if err == nil {
+			carry = 0
+			seen := max(hint, s.view.newest(jskv.EncodeKey(in.Name)))
+			switch {
+			case err == nil && l.seq < seen:
+				// The leader answered with a message older than one this
+				// instance has seen (the marker that woke it, or one its
+				// view holds): seen on a loaded 3-node cluster, where a
+				// woken head read the record from before the release
+				// that woke it. The lock may be free; sleeping for the
+				// lease the stale read shows would leave it idle that
+				// long (a 3-node bench stalled so for 10 s per hand-off).
+				// Look again soon, from the same marker.
+				carry = hint
+				if t := time.Now().Add(staleWait); t.Before(next) {
+					next = t
+				}
+				staleWait = min(2*staleWait, recheckSlack)
+			case err == nil:
+				staleWait = staleReadRetry
 				if t := time.Now().Add(l.remaining(time.Now()) + recheckSlack); t.Before(next) {
 					next = t
 				}
-			} else if t := time.Now().Add(recheckSlack); t.Before(next) {
-				// Lost several CAS races, or JetStream is failing over:
-				// look again soon.
-				next = t
+			default:
+				if t := time.Now().Add(recheckSlack); t.Before(next) {
+					// Lost several CAS races, or JetStream is failing
+					// over: look again soon.
+					next = t
+				}
 			}
 		}
 		if !time.Now().Before(deadline) {
@@ -198,7 +224,7 @@ func (s *Server) acquireWait(ctx context.Context, in *pb.AcquireRequest) (*pb.Ac
 		}
 		// Go 1.23+ timers: Reset discards a pending expiry, no drain needed.
 		timer.Reset(max(time.Until(next), 0))
-		hint = 0
+		hint = carry
 		select {
 		case hint = <-w.wake:
 		case <-timer.C:
