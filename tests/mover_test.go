@@ -27,8 +27,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// reshardEnv is one NATS server, storage for shards 0-3 and a router
-// whose map starts at shards 0-2.
+// reshardEnv is one NATS server, storage for shards 0-5 (watches served)
+// and a router whose map starts at shards 0-2.
 type reshardEnv struct {
 	t   *testing.T
 	nc  *nats.Conn
@@ -56,7 +56,8 @@ func newReshardEnv(t *testing.T) *reshardEnv {
 			t.Fatal(err)
 		}
 	}
-	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3", "4", "5"}, Logger: quiet})
+	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3", "4", "5"},
+		EventConn: natstest.Connect(t, s.ClientURL()), Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -15,15 +14,11 @@ import (
 	"github.com/latchkey/latchkey/kit/apierr"
 	"github.com/latchkey/latchkey/kit/consistenthash"
 	"github.com/latchkey/latchkey/kit/jskv"
-	"github.com/latchkey/latchkey/kit/natstest"
 	"github.com/latchkey/latchkey/kit/service"
 	"github.com/latchkey/latchkey/kit/shardfmt"
-	"github.com/latchkey/latchkey/kit/subjects"
 	pb "github.com/latchkey/latchkey/proto/latchkey/v1"
 	"github.com/latchkey/latchkey/services/router"
-	"github.com/latchkey/latchkey/services/storage"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestWatchFollowsKeysThroughReshard watches a prefix while the shard set
@@ -37,7 +32,7 @@ import (
 // first move is told by its keepalive (404 watch_resharded) and resumes
 // onto the new shard from its stream's start. About 10 s.
 func TestWatchFollowsKeysThroughReshard(t *testing.T) {
-	e := newWatchReshardEnv(t)
+	e := newReshardEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	c := client.New(e.nc)
@@ -312,32 +307,6 @@ func TestWatchFollowsKeysThroughReshard(t *testing.T) {
 	if got.Move.GetKeysMoved() == 0 {
 		t.Fatal("the moves copied nothing")
 	}
-}
-
-// newWatchReshardEnv is newReshardEnv's deployment (storage for shards
-// 0-5, a router whose map starts at 0-2) with watches served.
-func newWatchReshardEnv(t *testing.T) *reshardEnv {
-	s := natstest.Server(t)
-	e := &reshardEnv{t: t, nc: natstest.Connect(t, s.ClientURL()), set: subjects.New("")}
-	var err error
-	if e.js, err = jetstream.New(e.nc); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	quiet := slog.New(slog.DiscardHandler)
-	st, err := storage.Start(ctx, natstest.Connect(t, s.ClientURL()), storage.Config{Shards: []string{"0", "1", "2", "3", "4", "5"},
-		EventConn: natstest.Connect(t, s.ClientURL()), Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Stop(context.Background()) })
-	r, err := router.Start(ctx, natstest.Connect(t, s.ClientURL()), router.Config{Shards: 3, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Stop(context.Background()) })
-	return e
 }
 
 // rawWatch starts a watch on "w:" the way a caller without the Go client
