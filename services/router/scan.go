@@ -371,12 +371,12 @@ func (s *Server) leaderMap(ctx context.Context) (*pb.ShardMap, error) {
 	if err != nil {
 		return nil, apierr.From(err)
 	}
-	m := &pb.ShardMap{}
 	if !found || jskv.IsDeleteMarker(msg.Header) {
 		return nil, apierr.Errorf(apierr.ReasonInternal, "the shard map record is gone from bucket %s", bucket)
 	}
-	if err := proto.Unmarshal(msg.Data, m); err != nil || len(m.Shards) == 0 {
-		return nil, apierr.Errorf(apierr.ReasonInternal, "the shard map record in bucket %s is corrupt", bucket)
+	m, err := parseMap(msg.Data, msg.Seq)
+	if err != nil {
+		return nil, apierr.Errorf(apierr.ReasonInternal, "bucket %s: %v", bucket, err)
 	}
 	return m, nil
 }

@@ -121,14 +121,23 @@ func readMap(ctx context.Context, kv jetstream.KeyValue) (*pb.ShardMap, uint64, 
 	if err != nil {
 		return nil, 0, fmt.Errorf("read shard map: %w", err)
 	}
-	m := &pb.ShardMap{}
-	if err := proto.Unmarshal(e.Value(), m); err != nil {
-		return nil, 0, fmt.Errorf("shard map record (revision %d) is corrupt: %w", e.Revision(), err)
-	}
-	if len(m.Shards) == 0 {
-		return nil, 0, fmt.Errorf("shard map record (revision %d) lists no shards", e.Revision())
+	m, err := parseMap(e.Value(), e.Revision())
+	if err != nil {
+		return nil, 0, err
 	}
 	return m, e.Revision(), nil
+}
+
+// parseMap decodes the shard map record stored at revision rev.
+func parseMap(data []byte, rev uint64) (*pb.ShardMap, error) {
+	m := &pb.ShardMap{}
+	if err := proto.Unmarshal(data, m); err != nil {
+		return nil, fmt.Errorf("shard map record (revision %d) is corrupt: %w", rev, err)
+	}
+	if len(m.Shards) == 0 {
+		return nil, fmt.Errorf("shard map record (revision %d) lists no shards", rev)
+	}
+	return m, nil
 }
 
 // ensureMap makes the durable shard map hold shards "0".."n-1" (n > 0), or
