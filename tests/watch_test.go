@@ -31,7 +31,7 @@ func next(t *testing.T, w *client.Watcher, d time.Duration) client.Event {
 		}
 		return ev
 	case <-time.After(d):
-		t.Fatalf("no watch event within %s", d)
+		t.Fatalf("no watch event within %s (%d resumes so far)", d, w.Resumes())
 	}
 	return client.Event{}
 }
@@ -61,16 +61,29 @@ func TestWatchEventsInitialAndResume(t *testing.T) {
 	if ev := next(t, w, 5*time.Second); ev.Type != client.EventInitialDone {
 		t.Fatalf("got %+v, want initial_done", ev)
 	}
-	r2, _ := e.c.Put(ctx, "w:a", []byte("2"))
-	_, r3, _ := e.c.Delete(ctx, "w:a")
-	rt, _ := e.c.Put(ctx, "w:ttl", []byte("t"), client.WithTTL(time.Second))
-	_, _ = e.c.Put(ctx, "other", []byte("y")) // not matching: never delivered
+	// A write that failed would make its event's absence look like the
+	// feed's fault: say so instead.
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	r2, err := e.c.Put(ctx, "w:a", []byte("2"))
+	must("put w:a", err)
+	_, r3, err := e.c.Delete(ctx, "w:a")
+	must("delete w:a", err)
+	rt, err := e.c.Put(ctx, "w:ttl", []byte("t"), client.WithTTL(time.Second))
+	must("put w:ttl", err)
+	_, err = e.c.Put(ctx, "other", []byte("y")) // not matching: never delivered
+	must("put other", err)
 	// Per key in revision order; across keys (shards) in no order.
 	byKey := map[string][]client.Event{}
 	// A lost event is noticed at the next heartbeat (2-3 s) and the client
 	// resumes, so on a busy machine an event may take several seconds:
 	// what this test checks is that each one comes, not how soon.
-	for range 4 { // put and delete of w:a, put and expiry of w:ttl (1-2 s later)
+	for i := range 4 { // put and delete of w:a, put and expiry of w:ttl (1-2 s later)
+		t.Logf("waiting for event %d of 4; so far %+v", i+1, byKey)
 		ev := next(t, w, 15*time.Second)
 		byKey[ev.Key] = append(byKey[ev.Key], ev)
 	}
